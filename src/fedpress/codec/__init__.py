@@ -1,0 +1,17 @@
+"""The codec layer: error-bounded codecs, routing, streams and the wire format."""
+
+from .base import Codec, available_codecs, get_codec, register_codec
+from .bound import ErrorBound
+from .errors import CodecError, NonFiniteError, PayloadError, StreamStateError
+
+__all__ = [
+    "Codec",
+    "CodecError",
+    "ErrorBound",
+    "NonFiniteError",
+    "PayloadError",
+    "StreamStateError",
+    "available_codecs",
+    "get_codec",
+    "register_codec",
+]

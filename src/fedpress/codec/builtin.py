@@ -1,0 +1,3 @@
+"""Imports the built-in codecs so that they register themselves."""
+
+from . import baselines, grad, linear  # noqa: F401

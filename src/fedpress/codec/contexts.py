@@ -1,0 +1,196 @@
+"""Context models for gradient codes: where the codec's bits are saved.
+
+Values of gradients are not predictable, but their *scale* is, and signs inside one convolution
+kernel agree more often than chance. So these are used as *contexts* of the entropy coder:
+
+* channel scale context: a weight gradient is a sum of outer products (output-channel error x
+  input-channel activation), so its magnitude is close to rank one: ``|g[o, i, ...]| ~ r_o c_i``.
+  The per-row and per-column mean magnitudes travel as side information (half-octave integers,
+  about 4 bits each) and give every element an expected scale before any code is decoded;
+* temporal context: the previous round's reconstructed magnitude at the same element, mixed with
+  its kernel's mean (the cross-round information of the gradient-aware EBLC idea);
+* kernel sign context: each non-zero code's sign is coded given the balance of signs already
+  decoded in the same kernel (positions are decoded one at a time, all kernels at once).
+
+The two magnitude features are combined in the log domain and bucketed in half octaves. All of it
+is integer arithmetic after one elementwise float step, so encoder and decoder compute identical
+contexts on any machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .entropy import AnsReader, AnsWriter, read_model, write_model
+from .errors import PayloadError
+
+#: sub-step resolution of magnitude features (integers of 1/8 quantization step).
+_FRAC = 8
+#: a context is merged into its neighbour below this many elements (model learning cost).
+MIN_CONTEXT_SIZE = 1024
+SIGN_CLIP = 2
+
+
+def group_view(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(groups, group size) for kernel-level statistics: conv kernels, or short row blocks."""
+    n = int(np.prod(shape)) if shape else 1
+    if len(shape) >= 3 and int(np.prod(shape[2:])) > 1:
+        k = int(np.prod(shape[2:]))
+        return n // k, k
+    cols = int(shape[1]) if len(shape) >= 2 else n
+    for k in (9, 8, 7, 6, 5, 4, 3, 2):
+        if cols % k == 0 and n % k == 0:
+            return n // k, k
+    return n, 1
+
+
+#: half-octave log scale of a zero magnitude, and the range of transmitted scales.
+_LOG_FLOOR, _LOG_CEIL = -40, 60
+#: weight of the channel-scale feature against the temporal one (in 1/20), measured.
+_SCALE_WEIGHT = 17
+
+
+def half_octaves(v: np.ndarray) -> np.ndarray:
+    """``floor(2*log2(v))`` of positive integers, exactly (no float log); zeros get the floor."""
+    v = np.minimum(v.astype(np.int64), 2**30)
+    out = np.full(v.shape, _LOG_FLOOR, dtype=np.int64)
+    pos = v > 0
+    vp = v[pos]
+    e = np.frexp(vp.astype(np.float64))[1].astype(np.int64) - 1  # exact for ints < 2**53
+    half = (vp * vp >= (np.int64(1) << (2 * e + 1))).astype(np.int64)
+    out[pos] = 2 * e + half
+    return out
+
+
+def _steps(a: np.ndarray, abs_eb: float) -> np.ndarray:
+    """Magnitudes in 1/_FRAC quantization steps, as integers."""
+    u = np.abs(a.reshape(-1).astype(np.float64)) * (_FRAC / (2.0 * abs_eb))
+    return np.minimum(np.floor(u), 2.0**30).astype(np.int64)
+
+
+def has_channel_scales(shape: tuple[int, ...]) -> bool:
+    return len(shape) >= 2 and shape[0] > 1 and shape[1] > 1
+
+
+def channel_scales(x: np.ndarray, abs_eb: float) -> np.ndarray:
+    """Half-octave log of the mean magnitude per row, per column, and overall (encoder side)."""
+    shape = x.shape
+    ui = _steps(x, abs_eb).reshape(shape[0], shape[1], -1)
+    rows = ui.sum(axis=(1, 2)) // (ui.size // shape[0])
+    cols = ui.sum(axis=(0, 2)) // (ui.size // shape[1])
+    total = np.array([ui.sum() // ui.size])
+    return np.clip(half_octaves(np.concatenate([rows, cols, total])), _LOG_FLOOR, _LOG_CEIL)
+
+
+def write_scales(w: AnsWriter, scales: np.ndarray) -> None:
+    sym = (scales - _LOG_FLOOR).astype(np.int32)
+    model = write_model(w, sym, _LOG_CEIL - _LOG_FLOOR + 1)
+    if model is not None:
+        w.write(sym, model)
+
+
+def read_scales(r: AnsReader, shape: tuple[int, ...]) -> np.ndarray:
+    n = shape[0] + shape[1] + 1
+    model, top = read_model(r)
+    if top > _LOG_CEIL - _LOG_FLOOR:
+        raise PayloadError("channel scale out of range")
+    sym = r.read(n, model) if model is not None else np.zeros(n, dtype=np.int32)
+    return sym.astype(np.int64) + _LOG_FLOOR
+
+
+def magnitude_contexts(
+    shape: tuple[int, ...], abs_eb: float, scales: np.ndarray | None, prev: np.ndarray | None
+) -> tuple[np.ndarray | None, int]:
+    """Context index per element from channel scales and/or last round; same on both sides."""
+    n = int(np.prod(shape))
+    feats = []
+    if scales is not None:
+        rows, cols, total = scales[: shape[0]], scales[shape[0] : shape[0] + shape[1]], scales[-1]
+        rest = n // (shape[0] * shape[1])
+        f = rows[:, None] + cols[None, :] - total
+        feats.append(np.repeat(f.reshape(-1), rest))
+    if prev is not None:
+        ui = _steps(prev, abs_eb)
+        groups, k = group_view(shape)
+        if k > 1:
+            gm = ui.reshape(groups, k).sum(axis=1) // k  # exact integer kernel mean
+            ui = (ui + np.repeat(gm, k)) // 2
+        feats.append(half_octaves(ui) - 2 * 3)  # 1/_FRAC steps -> steps
+    if not feats:
+        return None, 1
+    if len(feats) == 2:
+        f = (_SCALE_WEIGHT * feats[0] + (20 - _SCALE_WEIGHT) * feats[1]) // 20
+    else:
+        f = feats[0]
+    f = np.clip(f, -16, 40) + 16
+    return merge_small_contexts(f, 57)
+
+
+def merge_small_contexts(ctx: np.ndarray, n_ctx: int) -> tuple[np.ndarray, int]:
+    """Merge each context smaller than ``MIN_CONTEXT_SIZE`` into the next one (deterministic)."""
+    counts = np.bincount(ctx, minlength=n_ctx)
+    mapping = np.zeros(n_ctx, dtype=np.int64)
+    new, acc = 0, 0
+    for c in range(n_ctx):
+        mapping[c] = new
+        acc += counts[c]
+        if acc >= MIN_CONTEXT_SIZE:
+            new += 1
+            acc = 0
+    n_new = new + (1 if acc else 0)
+    if acc and n_new > 1:  # a small tail joins the previous context
+        mapping[mapping == n_new - 1] = n_new - 2
+        n_new -= 1
+    return mapping[ctx], max(n_new, 1)
+
+
+def _sign_state(run: np.ndarray) -> np.ndarray:
+    return np.clip(run, -SIGN_CLIP, SIGN_CLIP) + SIGN_CLIP
+
+
+def write_kernel_signs(w: AnsWriter, codes: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Signs of non-zero codes, position by position, given the signs so far in the kernel."""
+    groups, k = group_view(shape)
+    q = codes.reshape(groups, k)
+    s = np.sign(q).astype(np.int64)
+    run = np.zeros((groups, k), dtype=np.int64)
+    if k > 1:
+        run[:, 1:] = np.cumsum(s, axis=1)[:, :-1]
+    state = _sign_state(run)
+    nz = q != 0
+    neg = (q < 0).astype(np.int32)
+    n_states = 2 * SIGN_CLIP + 1
+    models = [write_model(w, neg[nz & (state == c)], 2) for c in range(n_states)]
+    for j in range(k):
+        nzj, stj, negj = nz[:, j], state[:, j], neg[:, j]
+        for c in range(n_states):
+            if models[c] is not None:
+                w.write(negj[nzj & (stj == c)], models[c])
+
+
+def read_kernel_signs(r: AnsReader, mags: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    groups, k = group_view(shape)
+    m = mags.reshape(groups, k)
+    n_states = 2 * SIGN_CLIP + 1
+    models = []
+    for _ in range(n_states):
+        model, top = read_model(r)
+        if top > 1:
+            raise PayloadError("sign model out of range")
+        models.append((model, top))
+    out = m.copy()
+    run = np.zeros(groups, dtype=np.int64)
+    for j in range(k):
+        nzj = m[:, j] != 0
+        stj = _sign_state(run)
+        negj = np.zeros(groups, dtype=np.int32)
+        for c in range(n_states):
+            sel = np.flatnonzero(nzj & (stj == c))
+            if not sel.size:
+                continue
+            model, top = models[c]
+            negj[sel] = r.read(sel.size, model) if model is not None else top
+        col = np.where(negj == 1, -m[:, j], m[:, j])
+        out[:, j] = col
+        run += np.sign(col)
+    return out.reshape(-1)

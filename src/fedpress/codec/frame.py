@@ -1,0 +1,94 @@
+"""Little binary helpers for a codec's own frame layout, with length checks on every read."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import zstandard
+
+from .errors import PayloadError
+
+
+class FrameWriter:
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def pack(self, fmt: str, *values: object) -> None:
+        self._parts.append(struct.pack("<" + fmt, *values))
+
+    def section(self, data: bytes) -> None:
+        """A length-prefixed byte section."""
+        self.pack("I", len(data))
+        self._parts.append(bytes(data))
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts)
+
+
+class FrameReader:
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+
+    def unpack(self, fmt: str) -> tuple:
+        size = struct.calcsize("<" + fmt)
+        if self._pos + size > len(self._data):
+            raise PayloadError("frame is truncated")
+        out = struct.unpack_from("<" + fmt, self._data, self._pos)
+        self._pos += size
+        return out
+
+    def section(self) -> bytes:
+        (n,) = self.unpack("I")
+        if self._pos + n > len(self._data):
+            raise PayloadError("frame is truncated")
+        out = bytes(self._data[self._pos : self._pos + n])
+        self._pos += n
+        return out
+
+    def done(self) -> None:
+        if self._pos != len(self._data):
+            raise PayloadError(f"frame has {len(self._data) - self._pos} unexpected trailing bytes")
+
+
+_ZSTD_LEVEL = 3
+
+
+def zstd_compress(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data)
+
+
+def zstd_decompress(data: bytes, expected_size: int) -> bytes:
+    """Decompress, refusing anything that does not come out at exactly ``expected_size`` bytes."""
+    try:
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=max(expected_size, 1))
+    except zstandard.ZstdError as exc:
+        raise PayloadError(f"lossless section is corrupt ({exc})") from None
+    if len(out) != expected_size:
+        raise PayloadError(f"lossless section holds {len(out)} bytes, expected {expected_size}")
+    return out
+
+
+def write_verbatim(w: FrameWriter, index: np.ndarray, values: np.ndarray) -> None:
+    """Positions (delta-coded) and exact values of elements stored outside the quantizer."""
+    w.pack("I", index.size)
+    if index.size:
+        deltas = np.diff(index, prepend=0).astype(np.int64)
+        w.section(zstd_compress(deltas.tobytes()))
+        w.section(values.tobytes())
+
+
+def read_verbatim(r: FrameReader, n: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    (k,) = r.unpack("I")
+    if k > n:
+        raise PayloadError("more verbatim values than elements")
+    if k == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=dtype)
+    index = np.cumsum(np.frombuffer(zstd_decompress(r.section(), 8 * k), dtype=np.int64))
+    raw = r.section()
+    if len(raw) != k * np.dtype(dtype).itemsize:
+        raise PayloadError("verbatim values have the wrong size")
+    if index.min() < 0 or index.max() >= n or np.any(np.diff(index) <= 0):
+        raise PayloadError("verbatim positions out of range")
+    return index, np.frombuffer(raw, dtype=dtype).copy()

@@ -1,0 +1,25 @@
+"""Local datasets (never downloaded at run time) and federated partitioners."""
+
+from .datasets import (
+    ArrayDataset,
+    DatasetFormatError,
+    available_datasets,
+    dataset_available,
+    load_dataset,
+    normalisation,
+    read_idx,
+)
+from .partition import SCHEMES, label_counts, partition
+
+__all__ = [
+    "SCHEMES",
+    "ArrayDataset",
+    "DatasetFormatError",
+    "available_datasets",
+    "dataset_available",
+    "label_counts",
+    "load_dataset",
+    "normalisation",
+    "partition",
+    "read_idx",
+]

@@ -1,0 +1,131 @@
+"""The client side of one dispatch: decode the model, train locally, encode the delta.
+
+``LocalTrainer`` is plain local SGD on a shard; ``ClientRunner`` adds the client's codec streams
+(downlink decoder, uplink encoder) and returns a transport-level ``ClientResult``. The runner is
+clock-agnostic: it reports measured wall seconds and byte counts, transports turn them into time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedpress.transport.base import ClientResult
+
+from .codec_adapter import CodecSpec, TensorEncoder, decode_update, encode_update, make_decoder
+from .codec_adapter import make_encoder
+from .params import get_params, num_bytes, set_params
+from .types import Tensors
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    local_epochs: int = 1
+    local_steps: int | None = None  # when set, replaces epochs: this many minibatches
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (run seed, client, round), independent of call order."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class LocalTrainer:
+    """Local SGD on shards of one dataset; one module is reused by every client of a process."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainSpec) -> None:
+        self.model = model
+        self.x = x
+        self.y = y
+        self.spec = spec
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def _batches(self, indices: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        bs = self.spec.batch_size
+        if self.spec.local_steps is None:
+            out: list[np.ndarray] = []
+            for _ in range(self.spec.local_epochs):
+                perm = indices[rng.permutation(len(indices))]
+                out.extend(perm[i : i + bs] for i in range(0, len(perm), bs))
+            return out
+        out = []
+        while len(out) < self.spec.local_steps:
+            perm = indices[rng.permutation(len(indices))]
+            out.extend(perm[i : i + bs] for i in range(0, len(perm), bs))
+        return out[: self.spec.local_steps]
+
+    def train(self, params: Tensors, indices: np.ndarray, seed: int) -> tuple[Tensors, int, dict]:
+        """Train from ``params`` on ``indices``; returns ``(delta, samples processed, metrics)``
+        with ``delta = w_after - w_before``."""
+        if len(indices) == 0:
+            return {k: np.zeros_like(v) for k, v in params.items()}, 0, {}
+        set_params(self.model, params)
+        self.model.train()
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        s = self.spec
+        opt = torch.optim.SGD(
+            self.model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
+        )
+        loss_sum, correct, seen = 0.0, 0, 0
+        for b in self._batches(np.asarray(indices), rng):
+            idx = torch.from_numpy(b)
+            xb, yb = self.x[idx], self.y[idx]
+            opt.zero_grad(set_to_none=True)
+            out = self.model(xb)
+            loss = self.loss_fn(out, yb)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach()) * len(b)
+            correct += int((out.detach().argmax(1) == yb).sum())
+            seen += len(b)
+        after = get_params(self.model)
+        delta = {k: (after[k] - params[k]).astype(params[k].dtype, copy=False) for k in params}
+        return delta, seen, {"train_loss": loss_sum / seen, "train_accuracy": correct / seen}
+
+
+class ClientRunner:
+    """One client: its shard, its downlink decoder and uplink encoder (streams ``c{id}/...``)."""
+
+    def __init__(
+        self,
+        client_id: int,
+        trainer: LocalTrainer,
+        indices: np.ndarray,
+        uplink: CodecSpec | None,
+        seed: int,
+    ) -> None:
+        self.client_id = client_id
+        self.trainer = trainer
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.seed = seed
+        self.rounds = 0
+        self.decoder = make_decoder()
+        self.encoder: TensorEncoder = make_encoder(uplink, stream_id=f"c{client_id}/up")
+
+    def run(self, payload: bytes, version: int) -> ClientResult:
+        params, dec_s = decode_update(self.decoder, payload)
+        t0 = time.perf_counter()
+        seed = derive_seed(self.seed, self.client_id, self.rounds)
+        delta, samples, metrics = self.trainer.train(params, self.indices, seed)
+        train_s = time.perf_counter() - t0
+        up, stats = encode_update(self.encoder, delta)
+        self.rounds += 1
+        return ClientResult(
+            client_id=self.client_id,
+            base_version=version,
+            payload=up,
+            num_samples=len(self.indices),
+            samples=samples,
+            raw_bytes_down=num_bytes(params),
+            raw_bytes_up=stats.raw_bytes,
+            metrics=metrics,
+            timings={"wall_decode_s": dec_s, "wall_train_s": train_s, "wall_encode_s": stats.seconds},
+        )
