@@ -147,6 +147,16 @@ def backend_bound(abs_eb: float, dtype: np.dtype) -> float:
     return abs_eb / 2 if dtype == np.float16 else abs_eb
 
 
+def to_output(recon: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast a library reconstruction to the output dtype, clipped to its finite range.
+
+    The input is finite and inside that range, so clipping only moves a value closer to it. It
+    keeps a float32 value just above 65504 from turning into an infinite float16.
+    """
+    top = float(np.finfo(dtype).max)
+    return np.clip(recon, -top, top).astype(dtype)
+
+
 def violations(x: np.ndarray, recon: np.ndarray, abs_eb: float) -> np.ndarray:
     """Flat positions where the output-dtype reconstruction breaks the bound (checked in f64)."""
     err = np.abs(recon.reshape(-1).astype(np.float64) - x.reshape(-1).astype(np.float64))
@@ -187,7 +197,7 @@ class LibraryBoundedCodec(BoundedCodec):
         flat = np.ascontiguousarray(x.reshape(-1), dtype=work)
         try:
             blob = self.compress(flat, x.shape, eb)
-            recon = self.decompress(blob, x.size, work).astype(x.dtype)
+            recon = to_output(self.decompress(blob, x.size, work), x.dtype)
         except Exception:  # a library failure must not break the promise
             return exact_frame(x)
         bad = violations(x, recon, abs_eb)
@@ -234,7 +244,7 @@ class LibraryBoundedCodec(BoundedCodec):
             recon = self.decompress(blob, n, work_dtype(dtype))
         except Exception as exc:  # library errors come in every flavour
             raise PayloadError(f"{self.name} stream does not decode ({exc})") from None
-        out = recon.astype(dtype)
+        out = to_output(recon, dtype)
         out[index] = values
         return out.reshape(shape)
 

@@ -51,14 +51,15 @@ _SCALE_WEIGHT = 17
 
 
 def half_octaves(v: np.ndarray) -> np.ndarray:
-    """``floor(2*log2(v))`` of positive integers, exactly (no float log); zeros get the floor."""
+    """``floor(2*log2(v))`` of non-negative integers, zeros get the floor.
+
+    ``frexp`` is exact and the one multiplication is correctly rounded, so the result is the same
+    on every IEEE-754 machine (no libm ``log2`` involved).
+    """
     v = np.minimum(v.astype(np.int64), 2**30)
-    out = np.full(v.shape, _LOG_FLOOR, dtype=np.int64)
-    pos = v > 0
-    vp = v[pos]
-    e = np.frexp(vp.astype(np.float64))[1].astype(np.int64) - 1  # exact for ints < 2**53
-    half = (vp * vp >= (np.int64(1) << (2 * e + 1))).astype(np.int64)
-    out[pos] = 2 * e + half
+    m, e = np.frexp(v.astype(np.float64))
+    out = 2 * (e.astype(np.int64) - 1) + (m * m >= 0.5)
+    out[v <= 0] = _LOG_FLOOR
     return out
 
 
@@ -160,12 +161,17 @@ def write_kernel_signs(w: AnsWriter, codes: np.ndarray, shape: tuple[int, ...]) 
     nz = q != 0
     neg = (q < 0).astype(np.int32)
     n_states = 2 * SIGN_CLIP + 1
-    models = [write_model(w, neg[nz & (state == c)], 2) for c in range(n_states)]
-    for j in range(k):
-        nzj, stj, negj = nz[:, j], state[:, j], neg[:, j]
-        for c in range(n_states):
-            if models[c] is not None:
-                w.write(negj[nzj & (stj == c)], models[c])
+    st, ng = state[nz], neg[nz]
+    models = [write_model(w, ng[st == c], 2) for c in range(n_states)]
+    # chunks in decoding order (position j, then state c): one radix sort instead of k*5 masks
+    pos = np.broadcast_to(np.arange(k), (groups, k))[nz]
+    key = (pos * n_states + st).astype(np.uint16)
+    order = np.argsort(key, kind="stable")
+    bounds = np.searchsorted(key[order], np.arange(k * n_states + 1))
+    for chunk in range(k * n_states):
+        model = models[chunk % n_states]
+        if model is not None and bounds[chunk + 1] > bounds[chunk]:
+            w.write(ng[order[bounds[chunk] : bounds[chunk + 1]]], model)
 
 
 def read_kernel_signs(r: AnsReader, mags: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

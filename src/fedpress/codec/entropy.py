@@ -169,22 +169,23 @@ def magnitudes_from_classes(sym: np.ndarray, extra: np.ndarray) -> np.ndarray:
 
 def write_extra_bits(w: AnsWriter, nbits: np.ndarray, extra: np.ndarray) -> None:
     """Raw mantissa bits grouped by width (the decoder knows every width from the classes)."""
-    if not nbits.size:
-        return
-    for nb in np.unique(nbits):
-        if nb:
-            w.write_uniform(extra[nbits == nb], int(nb))
+    for nb in _widths(nbits):
+        w.write_uniform(extra[nbits == nb], int(nb))
 
 
 def read_extra_bits(r: AnsReader, nbits: np.ndarray) -> np.ndarray:
     extra = np.zeros(nbits.shape, dtype=np.int64)
-    if not nbits.size:
-        return extra
-    for nb in np.unique(nbits):
-        if nb:
-            sel = nbits == nb
-            extra[sel] = r.read_uniform(int(sel.sum()), int(nb))
+    for nb in _widths(nbits):
+        sel = nbits == nb
+        extra[sel] = r.read_uniform(int(sel.sum()), int(nb))
     return extra
+
+
+def _widths(nbits: np.ndarray) -> np.ndarray:
+    """Non-zero raw-bit widths present (bincount: far cheaper than np.unique on big arrays)."""
+    if not nbits.size:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.bincount(nbits))[1:] if nbits.max() > 0 else np.zeros(0, np.int64)
 
 
 # ---------------------------------------------------------------- codes under contexts
@@ -194,8 +195,7 @@ def write_magnitudes(w: AnsWriter, mags: np.ndarray, ctx: np.ndarray | None, n_c
     if ctx is None or n_ctx <= 1:
         write_symbols(w, sym, ALPHABET)
     else:
-        order = np.argsort(ctx, kind="stable")
-        bounds = np.searchsorted(ctx[order], np.arange(n_ctx + 1))
+        order, bounds = _group(ctx, n_ctx)
         for c in range(n_ctx):
             write_symbols(w, sym[order[bounds[c] : bounds[c + 1]]], ALPHABET)
     write_extra_bits(w, nbits, extra)
@@ -206,8 +206,7 @@ def read_magnitudes(r: AnsReader, n: int, ctx: np.ndarray | None, n_ctx: int) ->
         sym = read_symbols(r, n)
     else:
         sym = np.zeros(n, dtype=np.int32)
-        order = np.argsort(ctx, kind="stable")
-        bounds = np.searchsorted(ctx[order], np.arange(n_ctx + 1))
+        order, bounds = _group(ctx, n_ctx)
         for c in range(n_ctx):
             idx = order[bounds[c] : bounds[c + 1]]
             sym[idx] = read_symbols(r, idx.size)
@@ -215,6 +214,13 @@ def read_magnitudes(r: AnsReader, n: int, ctx: np.ndarray | None, n_ctx: int) ->
         raise PayloadError("magnitude class out of range")
     extra = read_extra_bits(r, class_nbits(sym))
     return magnitudes_from_classes(sym, extra)
+
+
+def _group(ctx: np.ndarray, n_ctx: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions sorted by context (stable radix sort on a small dtype) and the group bounds."""
+    small = ctx.astype(np.uint8 if n_ctx <= 256 else np.uint16)
+    order = np.argsort(small, kind="stable")
+    return order, np.searchsorted(small[order], np.arange(n_ctx + 1))
 
 
 def zeroth_order_entropy_bits(codes: np.ndarray) -> float:

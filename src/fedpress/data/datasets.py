@@ -36,6 +36,7 @@ __all__ = [
     "ArrayDataset",
     "DatasetFormatError",
     "available_datasets",
+    "canonical_name",
     "dataset_available",
     "load_dataset",
     "normalisation",
@@ -307,7 +308,9 @@ def available_datasets() -> list[str]:
     return sorted(_READERS)
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """The registered spelling of ``name`` (aliases such as ``fashion_mnist`` accepted);
+    ``ValueError`` listing the choices when unknown."""
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in _READERS:
@@ -347,7 +350,7 @@ def _decoded(name: str, split: str, root_key: str | None) -> tuple[np.ndarray, n
 
 def normalisation(name: str, root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mean, std) in pixel scale [0, 1] used to normalise ``name``."""
-    key = _canonical(name)
+    key = canonical_name(name)
     mean, std = _channel_stats(key, _root_key(root))
     scale = _READERS[key][1]
     return mean / scale, std / scale
@@ -355,7 +358,7 @@ def normalisation(name: str, root: str | Path | None = None) -> tuple[np.ndarray
 
 def dataset_available(name: str, root: str | Path | None = None) -> bool:
     """True when both splits of ``name`` can be found (cheap: looks, does not decode)."""
-    key = _canonical(name)
+    key = canonical_name(name)
     r = None if root is None else Path(root)
     if key == "digits":
         return True
@@ -385,7 +388,7 @@ def load_dataset(name: str, split: str = "train", root: str | Path | None = None
 
     The returned arrays are read-only views of an in-memory cache.
     """
-    key = _canonical(name)
+    key = canonical_name(name)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if limit is not None and limit < 0:

@@ -16,8 +16,14 @@ from torch import nn
 
 from fedpress.transport.base import ClientResult
 
-from .codec_adapter import CodecSpec, TensorEncoder, decode_update, encode_update, make_decoder
-from .codec_adapter import make_encoder
+from .codec_adapter import (
+    CodecSpec,
+    TensorEncoder,
+    decode_update,
+    encode_update,
+    make_decoder,
+    make_encoder,
+)
 from .params import get_params, num_bytes, set_params
 from .types import Tensors
 

@@ -89,6 +89,7 @@ class Strategy(ABC):
 
     def on_reject(self, client_id: int, ctx: ServerContext) -> None:
         """An arrival from ``client_id`` could not be decoded or validated."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}

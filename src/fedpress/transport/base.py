@@ -67,3 +67,4 @@ class Transport(ABC):
 
     def close(self) -> None:
         """Abandon work in flight and free resources."""
+        return None

@@ -1,0 +1,1 @@
+"""Benchmark drivers shared by the CLI and the scripts in ``benchmarks/``."""
