@@ -79,7 +79,8 @@ def test_extreme_magnitudes(name: str) -> None:
             assert max_err(x, y) <= ErrorBound(mode, eb).absolute(x)
 
 
-def test_library_violations_are_patched() -> None:
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "float64", "float16"])
+def test_library_violations_are_patched(dtype: str) -> None:
     """A reconstruction that breaks the bound is repaired from the verbatim list."""
 
     class Liar(fedpress.codec.baselines.Sz3Codec):
@@ -88,13 +89,14 @@ def test_library_violations_are_patched() -> None:
             out[::100] += 1.0  # far beyond the bound
             return out
 
-    x = np.random.default_rng(5).standard_normal(10_000).astype(np.float32)
-    liar = Liar(mode="abs", eb=1e-3)
+    x = np.random.default_rng(5).standard_normal(10_000).astype(dtype)
+    liar = Liar(mode="abs", eb=1e-2)
     frame = liar.encode(x)
     assert liar.last_patched == 100
-    y = fedpress.codec.baselines.Sz3Codec(mode="abs", eb=1e-3).decode(frame, x.shape, x.dtype)
-    assert max_err(x, y) <= 1e-3  # the patched positions decode exactly
-    assert max_err(x, liar.decode(frame, x.shape, x.dtype)) <= 1e-3
+    native = np.dtype(dtype).newbyteorder("=")
+    y = fedpress.codec.baselines.Sz3Codec(mode="abs", eb=1e-2).decode(frame, x.shape, native)
+    assert max_err(x, y) <= 1e-2  # the patched positions decode exactly
+    assert max_err(x, liar.decode(frame, x.shape, native)) <= 1e-2
 
 
 @pytest.mark.parametrize("name", LOSSY)
@@ -267,3 +269,27 @@ def test_bit_flipped_frames(name: str) -> None:
 
 def get_decoder(name: str):
     return get_codec(name, mode="abs", eb=1e-3) if name in BOUNDED else get_codec(name)
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+def test_float16_near_range_limit_needs_no_patches(name: str) -> None:
+    x = np.clip(np.random.default_rng(13).standard_normal(4000) * 1e5, -65504, 65504)
+    x = x.astype(np.float16)
+    codec = get_codec(name, mode="rel", eb=1e-2)
+    y = roundtrip(codec, x)
+    assert np.isfinite(y).all() and max_err(x, y) <= codec.bound.absolute(x)
+    assert codec.last_patched == 0  # reconstructions are clipped, not rounded to inf
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+def test_library_stream_is_crc_checked(name: str) -> None:
+    """zfpy segfaults on some corrupt streams: the CRC must stop them before the library."""
+    x = np.random.default_rng(14).standard_normal(3000).astype(np.float32)
+    frame = get_decoder(name).encode(x)
+    assert frame[0] == fedpress.codec.baselines.KIND_LOSSY
+    start = 1 + 8 + 4 + 4  # kind, bound, crc, section length
+    for pos in (start, start + 10, start + 100):
+        corrupt = bytearray(frame)
+        corrupt[pos] ^= 0x5A
+        with pytest.raises(PayloadError, match="CRC32"):
+            get_decoder(name).decode(bytes(corrupt), x.shape, x.dtype)

@@ -149,6 +149,9 @@ class RunConfig(Strict):
     out_dir: str = "runs"
     eval_batch: int = Field(1000, ge=1)
     plots: bool = True
+    torch_threads: int | None = Field(
+        1, ge=1, description="torch intra-op threads during the run (small models: 1 is fastest)"
+    )
 
     @model_validator(mode="after")
     def _has_stop(self) -> RunConfig:

@@ -200,9 +200,9 @@ def _apply_mean(state: dict[str, torch.Tensor], sums: dict[str, np.ndarray], n: 
     for key, w in state.items():
         mean = sums[key] / n
         if w.is_floating_point():
-            new[key] = w - torch.from_numpy(mean).to(w.dtype)
+            new[key] = w - torch.as_tensor(mean).to(w.dtype)
         else:
-            new[key] = w - torch.from_numpy(np.rint(mean).astype(np.int64)).to(w.dtype)
+            new[key] = w - torch.as_tensor(np.rint(mean)).to(w.dtype)
     return new
 
 

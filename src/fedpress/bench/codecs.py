@@ -39,9 +39,12 @@ def load_trace(trace_dir: Path, clients: int | None = None) -> dict[str, list[di
     return {c: [t for _, t in sorted(out[c], key=lambda p: p[0])] for c in names}
 
 
-def bench_codec(trace: dict[str, list[dict]], codec: str, eb: float) -> dict:
-    """One codec at one REL bound over the whole trace."""
-    policy = Policy.default(codec, mode="rel", eb=eb)
+def bench_codec(
+    trace: dict[str, list[dict]], codec: str, eb: float, params: dict | None = None,
+    label: str | None = None,
+) -> dict:
+    """One codec (with optional extra parameters) at one REL bound over the whole trace."""
+    policy = Policy.default(codec, mode="rel", eb=eb, **(params or {}))
     per_round: dict[int, list[float]] = defaultdict(list)
     per_layer: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     tot = {"raw": 0, "enc": 0, "raw2": 0, "enc2": 0, "enc_s": 0.0, "dec_s": 0.0}
@@ -78,7 +81,8 @@ def bench_codec(trace: dict[str, list[dict]], codec: str, eb: float) -> dict:
                     worst = max(worst, err / bound)
     medians = [float(np.median(v)) for _, v in sorted(per_round.items())]
     return {
-        "codec": codec,
+        "codec": label or codec,
+        "params": params or {},
         "eb": eb,
         "ratio": tot["raw"] / tot["enc"],
         "ratio_rounds2plus": tot["raw2"] / max(tot["enc2"], 1),

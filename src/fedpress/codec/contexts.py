@@ -10,7 +10,9 @@ kernel agree more often than chance. So these are used as *contexts* of the entr
 * temporal context: the previous round's reconstructed magnitude at the same element, mixed with
   its kernel's mean (the cross-round information of the gradient-aware EBLC idea);
 * kernel sign context: each non-zero code's sign is coded given the balance of signs already
-  decoded in the same kernel (positions are decoded one at a time, all kernels at once).
+  decoded in the same kernel (positions are decoded one at a time, all kernels at once), and,
+  for tensors with channels, given a rank-one sign pattern ``sign(u_o v_i)`` fitted to this
+  round's codes and sent as one bit per row and column.
 
 The two magnitude features are combined in the log domain and bucketed in half octaves. All of it
 is integer arithmetic after one elementwise float step, so encoder and decoder compute identical
@@ -145,22 +147,58 @@ def merge_small_contexts(ctx: np.ndarray, n_ctx: int) -> tuple[np.ndarray, int]:
     return mapping[ctx], max(n_new, 1)
 
 
-def _sign_state(run: np.ndarray) -> np.ndarray:
-    return np.clip(run, -SIGN_CLIP, SIGN_CLIP) + SIGN_CLIP
+_RUN_STATES = 2 * SIGN_CLIP + 1
 
 
-def write_kernel_signs(w: AnsWriter, codes: np.ndarray, shape: tuple[int, ...]) -> None:
-    """Signs of non-zero codes, position by position, given the signs so far in the kernel."""
+def _sign_state(run: np.ndarray, hint: np.ndarray | None) -> np.ndarray:
+    state = np.clip(run, -SIGN_CLIP, SIGN_CLIP) + SIGN_CLIP
+    return state if hint is None else state * 2 + hint
+
+
+def sign_basis(codes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Rank-one sign pattern of the codes: bits of ``u < 0`` (rows) then ``v < 0`` (columns).
+
+    A few rounds of alternating majority votes on the per-(row, column) sign sums, the binary
+    analogue of a power iteration; ties resolve to +1.
+    """
+    m = np.sign(codes).reshape(shape[0], shape[1], -1).sum(axis=2).astype(np.int64)
+    u = np.where(m.sum(axis=1) >= 0, 1, -1)
+    for _ in range(4):
+        v = np.where(u @ m >= 0, 1, -1)
+        u = np.where(m @ v >= 0, 1, -1)
+    return np.concatenate([u < 0, v < 0]).astype(np.int32)
+
+
+def sign_hint(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Per element 1 where the rank-one pattern predicts a negative sign, as (groups, k)."""
+    u = np.where(bits[: shape[0]] == 1, -1, 1)
+    v = np.where(bits[shape[0] :] == 1, -1, 1)
+    rest = int(np.prod(shape)) // (shape[0] * shape[1])
+    hint = np.repeat((np.outer(u, v) < 0).reshape(-1), rest).astype(np.int64)
+    groups, k = group_view(shape)
+    return hint.reshape(groups, k)
+
+
+def write_kernel_signs(
+    w: AnsWriter, codes: np.ndarray, shape: tuple[int, ...], basis: bool = False
+) -> None:
+    """Signs of non-zero codes, position by position, given the signs so far in the kernel
+    (and the rank-one sign pattern when ``basis``)."""
     groups, k = group_view(shape)
     q = codes.reshape(groups, k)
+    hint = None
+    if basis:
+        bits = sign_basis(codes, shape)
+        w.write_uniform(bits, 1)
+        hint = sign_hint(bits, shape)
     s = np.sign(q).astype(np.int64)
     run = np.zeros((groups, k), dtype=np.int64)
     if k > 1:
         run[:, 1:] = np.cumsum(s, axis=1)[:, :-1]
-    state = _sign_state(run)
+    state = _sign_state(run, hint)
     nz = q != 0
     neg = (q < 0).astype(np.int32)
-    n_states = 2 * SIGN_CLIP + 1
+    n_states = _RUN_STATES * (1 if hint is None else 2)
     st, ng = state[nz], neg[nz]
     models = [write_model(w, ng[st == c], 2) for c in range(n_states)]
     # chunks in decoding order (position j, then state c): one radix sort instead of k*5 masks
@@ -174,10 +212,16 @@ def write_kernel_signs(w: AnsWriter, codes: np.ndarray, shape: tuple[int, ...]) 
             w.write(ng[order[bounds[chunk] : bounds[chunk + 1]]], model)
 
 
-def read_kernel_signs(r: AnsReader, mags: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def read_kernel_signs(
+    r: AnsReader, mags: np.ndarray, shape: tuple[int, ...], basis: bool = False
+) -> np.ndarray:
     groups, k = group_view(shape)
     m = mags.reshape(groups, k)
-    n_states = 2 * SIGN_CLIP + 1
+    hint = None
+    if basis:
+        bits = r.read_uniform(shape[0] + shape[1], 1).astype(np.int32)
+        hint = sign_hint(bits, shape)
+    n_states = _RUN_STATES * (1 if hint is None else 2)
     models = []
     for _ in range(n_states):
         model, top = read_model(r)
@@ -188,7 +232,7 @@ def read_kernel_signs(r: AnsReader, mags: np.ndarray, shape: tuple[int, ...]) ->
     run = np.zeros(groups, dtype=np.int64)
     for j in range(k):
         nzj = m[:, j] != 0
-        stj = _sign_state(run)
+        stj = _sign_state(run, None if hint is None else hint[:, j])
         negj = np.zeros(groups, dtype=np.int32)
         for c in range(n_states):
             sel = np.flatnonzero(nzj & (stj == c))

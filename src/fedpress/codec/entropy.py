@@ -185,7 +185,8 @@ def _widths(nbits: np.ndarray) -> np.ndarray:
     """Non-zero raw-bit widths present (bincount: far cheaper than np.unique on big arrays)."""
     if not nbits.size:
         return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(np.bincount(nbits))[1:] if nbits.max() > 0 else np.zeros(0, np.int64)
+    present = np.flatnonzero(np.bincount(nbits))
+    return present[present > 0]
 
 
 # ---------------------------------------------------------------- codes under contexts

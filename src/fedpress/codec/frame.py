@@ -60,13 +60,23 @@ def zstd_compress(data: bytes) -> bytes:
 
 
 def zstd_decompress(data: bytes, expected_size: int) -> bytes:
-    """Decompress, refusing anything that does not come out at exactly ``expected_size`` bytes."""
+    """Decompress one zstd frame of exactly ``expected_size`` bytes, with nothing after it.
+
+    The declared content size is checked before any allocation (a forged size field gives a
+    ``PayloadError``, not a ``MemoryError``), and trailing bytes are refused.
+    """
     try:
-        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=max(expected_size, 1))
+        declared = zstandard.frame_content_size(data)
+        if declared != expected_size:
+            raise PayloadError(
+                f"lossless section declares {declared} bytes, expected {expected_size}"
+            )
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        out = dobj.decompress(data)
     except zstandard.ZstdError as exc:
         raise PayloadError(f"lossless section is corrupt ({exc})") from None
-    if len(out) != expected_size:
-        raise PayloadError(f"lossless section holds {len(out)} bytes, expected {expected_size}")
+    if not dobj.eof or dobj.unused_data or len(out) != expected_size:
+        raise PayloadError("lossless section is truncated, overlong or has trailing bytes")
     return out
 
 

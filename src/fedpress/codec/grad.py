@@ -44,7 +44,8 @@ from .linear import (
 from .predictor import SIGN_MODELS, PredictorSide, predict, read_side, update_memory, write_side
 from .quantizer import dequantize, quantize
 
-F_TEMPORAL, F_KSIGN, F_PREDICT, F_SCALES = 1, 2, 4, 8
+F_TEMPORAL, F_KSIGN, F_PREDICT, F_SCALES, F_SIGNBASIS = 1, 2, 4, 8, 16
+_ALL_FLAGS = F_TEMPORAL | F_KSIGN | F_PREDICT | F_SCALES | F_SIGNBASIS
 
 
 @register_codec
@@ -61,6 +62,7 @@ class GradCodec(BoundedCodec):
         temporal_context: bool = True,
         scale_context: bool = True,
         kernel_sign_context: bool = True,
+        sign_basis_context: bool = False,
         predictor: str = "none",
         ema_alpha: float = 0.07,
         kernel_tau: float = 0.5,
@@ -73,6 +75,7 @@ class GradCodec(BoundedCodec):
         self.temporal_context = bool(temporal_context)
         self.scale_context = bool(scale_context)
         self.kernel_sign_context = bool(kernel_sign_context)
+        self.sign_basis_context = bool(sign_basis_context)
         self.predictor = predictor
         self.ema_alpha = float(ema_alpha)
         self.kernel_tau = float(kernel_tau)
@@ -83,6 +86,7 @@ class GradCodec(BoundedCodec):
             "temporal_context": self.temporal_context,
             "scale_context": self.scale_context,
             "kernel_sign_context": self.kernel_sign_context,
+            "sign_basis_context": self.sign_basis_context,
             "predictor": self.predictor,
             "ema_alpha": self.ema_alpha,
             "kernel_tau": self.kernel_tau,
@@ -107,6 +111,8 @@ class GradCodec(BoundedCodec):
             flags |= F_KSIGN
         if self.scale_context and has_channel_scales(shape):
             flags |= F_SCALES
+        if self.kernel_sign_context and self.sign_basis_context and has_channel_scales(shape):
+            flags |= F_SIGNBASIS
         side: PredictorSide | None = None
         pred = None
         if self.predictor != "none" and prev is not None:
@@ -125,7 +131,7 @@ class GradCodec(BoundedCodec):
         )
         write_magnitudes(ans, np.abs(q.codes), ctx, n_ctx)
         if flags & F_KSIGN:
-            write_kernel_signs(ans, q.codes, shape)
+            write_kernel_signs(ans, q.codes, shape, basis=bool(flags & F_SIGNBASIS))
         else:
             write_signs(ans, q.codes)
         w = FrameWriter()
@@ -159,7 +165,7 @@ class GradCodec(BoundedCodec):
             raise PayloadError(f"unknown grad frame kind {kind}")
         abs_eb, flags = r.unpack("dB")
         check_abs_eb(abs_eb)
-        if flags & ~(F_TEMPORAL | F_KSIGN | F_PREDICT | F_SCALES):
+        if flags & ~_ALL_FLAGS:
             raise PayloadError(f"unknown grad frame flags {flags:#x}")
         n = int(np.prod(shape))
         prev = _previous(state, shape)
@@ -173,14 +179,19 @@ class GradCodec(BoundedCodec):
             side = read_side(r, shape)
             pred, memory = update_memory(side, prev, memory, shape, self.ema_alpha)
         ans = AnsReader(r.section())
-        if flags & F_SCALES and not has_channel_scales(shape):
-            raise PayloadError("channel scales signalled for a tensor without channels")
+        if flags & (F_SCALES | F_SIGNBASIS) and not has_channel_scales(shape):
+            raise PayloadError("channel contexts signalled for a tensor without channels")
+        if flags & F_SIGNBASIS and not flags & F_KSIGN:
+            raise PayloadError("sign basis signalled without kernel sign context")
         scales = read_scales(ans, shape) if flags & F_SCALES else None
         ctx, n_ctx = magnitude_contexts(
             shape, abs_eb, scales, prev if flags & F_TEMPORAL else None
         )
         mags = read_magnitudes(ans, n, ctx, n_ctx)
-        codes = read_kernel_signs(ans, mags, shape) if flags & F_KSIGN else read_signs(ans, mags)
+        if flags & F_KSIGN:
+            codes = read_kernel_signs(ans, mags, shape, basis=bool(flags & F_SIGNBASIS))
+        else:
+            codes = read_signs(ans, mags)
         index, values = read_verbatim(r, n, dtype)
         r.done()
         recon = dequantize(codes, abs_eb, np.dtype(dtype), index, values, pred)
@@ -197,7 +208,7 @@ def _previous(state: LayerState, shape: tuple[int, ...]) -> np.ndarray | None:
 
 
 def _remember(state: LayerState, recon: np.ndarray, shape: tuple[int, ...], memory) -> None:
-    state["prev"] = np.array(recon, dtype=np.float32, copy=True).reshape(-1)
+    state["prev"] = np.array(recon, copy=True).reshape(-1)  # the input dtype: no overflow
     state["shape"] = list(shape)
     state["round"] = int(state.get("round", 0)) + 1
     if memory is None:
