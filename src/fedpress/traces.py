@@ -77,7 +77,10 @@ class TraceConfig:
     seed: int = 0
     root: str | None = None  # dataset folder override
     test_samples: int | None = 2000  # first N test samples; None: all
-    threads: int | None = None  # torch threads while recording; None: min(torch's, CPUs)
+    # torch threads while recording (restored after). 1 by default: the thread count changes
+    # float reduction order, hence the trace bits, and on a shared 2-core box two threads are
+    # several times slower under contention. None: torch's current setting, capped at the CPUs.
+    threads: int | None = 1
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field, before any expensive work."""

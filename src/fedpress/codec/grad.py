@@ -124,7 +124,8 @@ class GradCodec(BoundedCodec):
         ans = AnsWriter()
         scales = None
         if flags & F_SCALES:
-            scales = channel_scales(x if pred is None else q.codes * (2 * abs_eb), abs_eb)
+            coded = x if pred is None else (q.codes * (2 * abs_eb)).reshape(shape)
+            scales = channel_scales(coded, abs_eb)
             write_scales(ans, scales)
         ctx, n_ctx = magnitude_contexts(
             shape, abs_eb, scales, prev if flags & F_TEMPORAL else None

@@ -1,0 +1,816 @@
+"""Numba kernels of the ``fast`` codec: fused quantizer, static-model rANS, frame side info.
+
+Everything here runs in compiled loops (``@njit(cache=True, nogil=True)``), one pass per step:
+
+* ``scan``: min, max and a non-finite count in one pass (the REL bound needs the range);
+* ``quantize``: ``q = rint(x / step)``, the reconstruction in the output dtype checked against the
+  bound in float64 (failures and code overflows become verbatim elements), the symbol of each
+  code, raw escape bits, a histogram and per-row/per-column sums of ``|q|``, all in one pass;
+* ``features`` / ``choose_contexts``: the channel-scale context (``|g[o,i]| ~ r_o c_i``): the
+  per-row and per-column mean magnitudes give each element a feature ``f = rs[o] + cs[i]``; the
+  feature axis is cut into at most ``MAX_CTX`` intervals by an exact dynamic programme on the
+  joint histogram (cost = ideal code length + table cost);
+* ``rans_encode`` / ``rans_decode``: rANS with 32-bit states, 16-bit renormalisation and four
+  interleaved states; the decoder maps a state slot to (symbol, frequency, offset) with one
+  lookup in a packed ``uint32`` table and bounds-checks every read. It returns an error code
+  instead of raising, and the caller turns it into ``PayloadError``.
+
+Symbols: the zigzag ``z`` of a code is its own symbol below ``N_DIRECT``; above, the symbol is an
+exponent class (two per octave) followed by ``e - 1`` raw bits in a separate bit stream.
+Frequency tables sum to ``2**PROB_BITS``; every table carries at least two symbols, so no
+frequency reaches ``2**PROB_BITS`` and a slot entry fits in 32 bits (8 + 12 + 12).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+PROB_BITS = 12
+PROB_SCALE = 1 << PROB_BITS
+PROB_MASK = PROB_SCALE - 1
+RANS_L = 1 << 16  # states live in [RANS_L, 2**32)
+N_STATES = 4
+LOG_DIRECT = 6
+N_DIRECT = 1 << LOG_DIRECT
+#: largest code magnitude (as in quantizer.py); zigzag codes are at most 2**31.
+CODE_RADIUS = 2**30
+MAX_EXP = 31
+ALPHABET = N_DIRECT + 2 * (MAX_EXP - LOG_DIRECT + 1)  # 116 symbols
+#: channel-scale levels (half octaves) sent per row and per column; 0 means "all zero".
+SCALE_LEVELS = 16
+N_FEATURES = 2 * SCALE_LEVELS - 2  # f = 0 (a zero row or column) or rs + cs - 1 in 1..29
+MAX_CTX = 8
+#: bits of side information charged per table entry when choosing contexts.
+TABLE_BITS_PER_SYMBOL = 6.0
+
+# decoder error codes
+OK = 0
+ERR_WORDS = 1  # rANS stream exhausted
+ERR_RAW = 2  # raw-bit stream exhausted
+ERR_FINAL = 3  # final state / leftover data mismatch: corrupt stream
+ERR_SCALE = 4  # channel scale out of range
+ERR_CODE = 5  # code beyond the code radius
+ERR_META = 6  # side information truncated or malformed
+ERR_TABLE = 7  # frequency table invalid
+
+ERROR_TEXT = {
+    ERR_WORDS: "entropy-coded stream is truncated",
+    ERR_RAW: "raw-bit stream is truncated",
+    ERR_FINAL: "entropy-coded stream is corrupt (final state or length mismatch)",
+    ERR_SCALE: "channel scale out of range",
+    ERR_CODE: "decoded code beyond the code radius",
+    ERR_META: "side information is truncated or malformed",
+    ERR_TABLE: "frequency table is invalid",
+}
+
+# output modes: how a float64 reconstruction becomes the output dtype
+MODE_F64, MODE_F32, MODE_F16 = 0, 1, 2
+
+_NJ = dict(cache=True, nogil=True)
+
+
+# ------------------------------------------------------------------ rounding to the output dtype
+@njit(inline="always", **_NJ)
+def round_f16(v):
+    """``v`` rounded to the nearest float16 (ties to even), returned as float64; inf past range.
+
+    Scaling by powers of two is exact and ``rint`` rounds half to even, so this is the single
+    correct rounding of the float64 ``v``, the same on every IEEE-754 machine.
+    """
+    a = abs(v)
+    if not a < 65520.0:  # 65520 rounds to 65536: overflow (NaN falls through to here too)
+        if a != a:
+            return v
+        return math.copysign(math.inf, v)
+    if a < 6.103515625e-05:  # below 2**-14: subnormal quantum 2**-24
+        r = np.rint(a * 16777216.0) * 5.9604644775390625e-08
+    else:
+        m, e = math.frexp(a)  # a = m * 2**e, 0.5 <= m < 1: quantum 2**(e - 11)
+        r = math.ldexp(np.rint(math.ldexp(a, 11 - e)), e - 11)
+    return math.copysign(r, v)
+
+
+@njit(inline="always", **_NJ)
+def round_out(v, mode):
+    if mode == MODE_F32:
+        return np.float64(np.float32(v))
+    if mode == MODE_F16:
+        return round_f16(v)
+    return v
+
+
+@njit(**_NJ)
+def round_f16_array(v):
+    """Vector form of ``round_f16`` (for tests)."""
+    out = np.empty(v.size, dtype=np.float64)
+    for j in range(v.size):
+        out[j] = round_f16(v[j])
+    return out
+
+
+# ------------------------------------------------------------------ encoder passes
+@njit(**_NJ)
+def scan(x):
+    """(min, max, number of NaN/Inf) of a flat float array, one pass."""
+    n = x.size
+    mn = np.float64(x[0])
+    mx = mn
+    bad = 0
+    for j in range(n):
+        v = np.float64(x[j])
+        if v < mn:
+            mn = v
+        if v > mx:
+            mx = v
+        if v - v != 0.0:
+            bad += 1
+    return mn, mx, bad
+
+
+@njit(inline="always", **_NJ)
+def _bit_length(z):
+    e = 0
+    while z >> e > 1:
+        e += 1
+    return e  # floor(log2 z) for z >= 1
+
+
+@njit(**_NJ)
+def quantize(x, step, inv_step, abs_eb, mode, rows, cols, inner, sym, vpos, raw, hist, rsum, csum):
+    """Fused quantizer + symbol mapper, one pass over ``x`` (flat, float32 or float64).
+
+    ``x`` is traversed as ``(rows, cols, inner)``; ``rsum``/``csum`` receive the sums of |q| per
+    row/column when ``rows > 1``. Returns (verbatim count, raw words used, non-finite count).
+    """
+    nv = 0
+    bad = 0
+    acc = np.int64(0)
+    nacc = 0
+    nraw = 0
+    j = 0
+    radius = float(CODE_RADIUS)
+    for o in range(rows):
+        rs = np.int64(0)
+        for i in range(cols):
+            cs = np.int64(0)
+            for _k in range(inner):
+                v = np.float64(x[j])
+                qf = np.rint(v * inv_step)
+                ok = abs(qf) <= radius
+                if ok:
+                    r = round_out(qf * step, mode)
+                    ok = abs(r - v) <= abs_eb
+                if not ok:
+                    if v - v != 0.0:
+                        bad += 1
+                    vpos[nv] = j
+                    nv += 1
+                    qf = 0.0
+                q = np.int64(qf)
+                z = (q << 1) ^ (q >> 63)
+                if z < N_DIRECT:
+                    s = z
+                else:
+                    e = _bit_length(z)
+                    s = N_DIRECT + 2 * (e - LOG_DIRECT) + ((z >> (e - 1)) & 1)
+                    nb = e - 1
+                    acc |= (z & ((np.int64(1) << nb) - 1)) << nacc
+                    nacc += nb
+                    if nacc >= 32:
+                        raw[nraw] = np.uint32(acc & 0xFFFFFFFF)
+                        nraw += 1
+                        acc >>= 32
+                        nacc -= 32
+                sym[j] = s
+                hist[j & 3, s] += 1
+                cs += abs(q)
+                j += 1
+            if rows > 1:
+                csum[i] += cs
+                rs += cs
+        if rows > 1:
+            rsum[o] += rs
+    if nacc > 0:
+        raw[nraw] = np.uint32(acc & 0xFFFFFFFF)
+        nraw += 1
+    return nv, nraw, bad
+
+
+@njit(**_NJ)
+def scale_levels(sums, count):
+    """Half-octave level of each mean |q| relative to the largest, in 1..SCALE_LEVELS-1; 0 = zero."""
+    n = sums.size
+    lev = np.zeros(n, dtype=np.int64)
+    top = -(10**9)
+    for t in range(n):
+        if sums[t] > 0:
+            lv = int(math.floor(2.0 * math.log2(sums[t] / count)))
+            lev[t] = lv
+            if lv > top:
+                top = lv
+    out = np.zeros(n, dtype=np.uint8)
+    for t in range(n):
+        if sums[t] > 0:
+            out[t] = max(1, lev[t] - top + SCALE_LEVELS - 1)
+    return out
+
+
+@njit(inline="always", **_NJ)
+def feature(r, c):
+    if r == 0 or c == 0:
+        return 0
+    return np.int64(r) + np.int64(c) - 1
+
+
+@njit(**_NJ)
+def features(sym, rows, cols, inner, rlev, clev, fidx, hist2):
+    """Feature index per element and the joint (feature, symbol) histogram."""
+    j = 0
+    for o in range(rows):
+        ro = rlev[o]
+        for i in range(cols):
+            f = feature(ro, clev[i])
+            for _k in range(inner):
+                fidx[j] = f
+                hist2[j & 3, f, sym[j]] += 1
+                j += 1
+
+
+@njit(**_NJ)
+def _interval_cost(pre, a, b, nsym):
+    """Ideal code length (bits) + table cost of the merged histogram of features a..b-1."""
+    tot = 0
+    for s in range(nsym):
+        tot += pre[b, s] - pre[a, s]
+    if tot == 0:
+        return 0.0
+    bits = 0.0
+    used = 0
+    lt = math.log2(tot)
+    for s in range(nsym):
+        h = pre[b, s] - pre[a, s]
+        if h > 0:
+            bits += h * (lt - math.log2(h))
+            used += 1
+    return bits + TABLE_BITS_PER_SYMBOL * used + 24.0
+
+
+@njit(**_NJ)
+def choose_contexts(hist2, max_ctx):
+    """Cut the feature axis into <= max_ctx intervals minimising estimated bits (exact DP).
+
+    Returns (cost with 1 context, best cost, starts): ``starts`` holds the first feature of
+    each context after the first (strictly increasing, in 1..N_FEATURES-1).
+    """
+    nf, na = hist2.shape
+    nsym = 1
+    for f in range(nf):
+        for s in range(na):
+            if hist2[f, s] > 0 and s + 1 > nsym:
+                nsym = s + 1
+    # populated features only
+    act = np.zeros(nf, dtype=np.int64)
+    m = 0
+    for f in range(nf):
+        t = 0
+        for s in range(nsym):
+            t += hist2[f, s]
+        if t > 0:
+            act[m] = f
+            m += 1
+    pre = np.zeros((m + 1, nsym), dtype=np.int64)
+    for t in range(m):
+        for s in range(nsym):
+            pre[t + 1, s] = pre[t, s] + hist2[act[t], s]
+    cost = np.full((m + 1, m + 1), np.inf)
+    for a in range(m):
+        for b in range(a + 1, m + 1):
+            cost[a, b] = _interval_cost(pre, a, b, nsym)
+    one = cost[0, m] if m > 0 else 0.0
+    kmax = min(max_ctx, m)
+    if kmax <= 1:
+        return one, one, np.zeros(0, dtype=np.int64)
+    best = np.full((kmax + 1, m + 1), np.inf)
+    arg = np.zeros((kmax + 1, m + 1), dtype=np.int64)
+    best[0, 0] = 0.0
+    for k in range(1, kmax + 1):
+        for b in range(1, m + 1):
+            for a in range(k - 1, b):
+                c = best[k - 1, a] + cost[a, b]
+                if c < best[k, b]:
+                    best[k, b] = c
+                    arg[k, b] = a
+    kbest = 1
+    for k in range(2, kmax + 1):
+        if best[k, m] < best[kbest, m]:
+            kbest = k
+    starts = np.zeros(kbest - 1, dtype=np.int64)
+    b = m
+    for k in range(kbest, 1, -1):
+        a = arg[k, b]
+        starts[k - 2] = act[a]
+        b = a
+    return one, best[kbest, m], starts
+
+
+@njit(**_NJ)
+def context_map(starts):
+    """Context of every feature value from the interval starts (same on both sides)."""
+    cmap = np.zeros(N_FEATURES, dtype=np.uint8)
+    for f in range(N_FEATURES):
+        c = 0
+        for t in range(starts.size):
+            if f >= starts[t]:
+                c += 1
+        cmap[f] = c
+    return cmap
+
+
+@njit(**_NJ)
+def context_hists(hist2, cmap, n_ctx):
+    out = np.zeros((n_ctx, hist2.shape[1]), dtype=np.int64)
+    for f in range(hist2.shape[0]):
+        c = cmap[f]
+        for s in range(hist2.shape[1]):
+            out[c, s] += hist2[f, s]
+    return out
+
+
+@njit(**_NJ)
+def ideal_bits(counts):
+    tot = 0
+    for s in range(counts.size):
+        tot += counts[s]
+    if tot == 0:
+        return 0.0
+    bits = 0.0
+    used = 0
+    for s in range(counts.size):
+        if counts[s] > 0:
+            bits += counts[s] * (math.log2(tot) - math.log2(counts[s]))
+            used += 1
+    return bits + TABLE_BITS_PER_SYMBOL * used + 24.0
+
+
+# ------------------------------------------------------------------ frequency tables
+@njit(**_NJ)
+def normalize(counts):
+    """Frequencies summing to PROB_SCALE, >= 1 for every present symbol, all < PROB_SCALE."""
+    na = counts.size
+    freq = np.zeros(na, dtype=np.int64)
+    tot = 0
+    for s in range(na):
+        tot += counts[s]
+    if tot == 0:
+        freq[0] = PROB_SCALE - 1
+        freq[1] = 1
+        return freq
+    acc = 0
+    for s in range(na):
+        if counts[s] > 0:
+            f = (2 * counts[s] * PROB_SCALE + tot) // (2 * tot)
+            freq[s] = max(1, f)
+            acc += freq[s]
+    diff = PROB_SCALE - acc
+    while diff != 0:
+        big = 0
+        for s in range(na):
+            if freq[s] > freq[big]:
+                big = s
+        if diff > 0:
+            freq[big] += diff
+            diff = 0
+        else:
+            freq[big] -= 1
+            diff += 1
+    for s in range(na):
+        if freq[s] >= PROB_SCALE:  # one symbol only: lend one slot to a neighbour
+            freq[s] = PROB_SCALE - 1
+            freq[s + 1 if s + 1 < na else s - 1] = 1
+    return freq
+
+
+@njit(inline="always", **_NJ)
+def _round_sig(f, sig):
+    nb = _bit_length(f) + 1
+    if nb <= sig:
+        return f
+    sh = nb - sig
+    return ((f + (np.int64(1) << (sh - 1))) >> sh) << sh
+
+
+@njit(**_NJ)
+def sparse_table(counts, freq):
+    """Cheapest description of ``freq``: frequencies rounded to ``sig`` significant bits, the
+    largest one implied by the sum. Returns (table, sig) minimising code length + table bits."""
+    na = counts.size
+    big = 0
+    for s in range(na):
+        if freq[s] > freq[big]:
+            big = s
+    best_cost = np.inf
+    best_sig = 12
+    best = freq.copy()
+    for sig in (2, 3, 4, 5, 6, 8, 12):
+        t = freq.copy()
+        acc = 0
+        for s in range(na):
+            if s != big and t[s] > 0:
+                t[s] = _round_sig(t[s], sig)
+                acc += t[s]
+        rest = PROB_SCALE - acc
+        if rest < 1 or rest >= PROB_SCALE:
+            continue
+        t[big] = rest
+        cost = 0.0
+        for s in range(na):
+            if counts[s] > 0:
+                cost += counts[s] * (PROB_BITS - math.log2(t[s]))
+            if t[s] > 0 and s != big:
+                cost += 2.0 + min(sig - 1, _bit_length(t[s]))
+        if cost < best_cost:
+            best_cost = cost
+            best_sig = sig
+            best = t
+    return best, best_sig
+
+
+# ------------------------------------------------------------------ side-info bit stream
+@njit(inline="always", **_NJ)
+def _put(buf, st, value, nb):
+    """Append ``nb`` (<= 32) bits LSB first; st = [bit position]."""
+    p = st[0]
+    for t in range(nb):
+        if (value >> t) & 1:
+            buf[(p + t) >> 3] |= np.uint8(1 << ((p + t) & 7))
+    st[0] = p + nb
+
+
+@njit(inline="always", **_NJ)
+def _get(buf, st, nb):
+    """Read ``nb`` (<= 32) bits; -1 when the buffer is too short."""
+    p = st[0]
+    if p + nb > buf.size * 8:
+        return np.int64(-1)
+    v = np.int64(0)
+    byte = p >> 3
+    for t in range(5):
+        if byte + t < buf.size:
+            v |= np.int64(buf[byte + t]) << (8 * t)
+    st[0] = p + nb
+    return (v >> (p & 7)) & ((np.int64(1) << nb) - 1)
+
+
+@njit(**_NJ)
+def write_table(buf, st, freq, sig):
+    """top (7 bits), implied index (7), sig (4), then per entry a bit-length code + mantissa."""
+    na = freq.size
+    top = 0
+    big = 0
+    for s in range(na):
+        if freq[s] > 0:
+            top = s
+        if freq[s] > freq[big]:
+            big = s
+    _put(buf, st, top, 7)
+    _put(buf, st, big, 7)
+    _put(buf, st, sig, 4)
+    prev = 0
+    for s in range(top + 1):
+        if s == big:
+            continue
+        f = freq[s]
+        nb = 0 if f == 0 else _bit_length(f) + 1
+        d = nb - prev
+        if d == 0:
+            _put(buf, st, 0, 1)
+        elif d == 1 or d == -1:
+            _put(buf, st, 1 | (0 << 1) | ((1 if d < 0 else 0) << 2), 3)
+        else:
+            _put(buf, st, 1 | (1 << 1) | (nb << 2), 6)
+        prev = nb
+        if nb > 1:
+            keep = min(nb - 1, sig - 1)
+            _put(buf, st, (f >> (nb - 1 - keep)) & ((1 << keep) - 1), keep)
+
+
+@njit(**_NJ)
+def read_table(buf, st, na, freq_out):
+    """Mirror of ``write_table``; returns an error code, fills ``freq_out`` (length na)."""
+    for s in range(na):
+        freq_out[s] = 0
+    top = _get(buf, st, 7)
+    big = _get(buf, st, 7)
+    sig = _get(buf, st, 4)
+    if top < 0 or big < 0 or sig < 0:
+        return ERR_META
+    if top >= na or big > top or sig < 1 or sig > 12:
+        return ERR_TABLE
+    prev = 0
+    acc = 0
+    for s in range(top + 1):
+        if s == big:
+            continue
+        b = _get(buf, st, 1)
+        if b < 0:
+            return ERR_META
+        nb = prev
+        if b == 1:
+            b2 = _get(buf, st, 1)
+            if b2 < 0:
+                return ERR_META
+            if b2 == 0:
+                neg = _get(buf, st, 1)
+                if neg < 0:
+                    return ERR_META
+                nb = prev - 1 if neg == 1 else prev + 1
+            else:
+                nb = _get(buf, st, 4)
+                if nb < 0:
+                    return ERR_META
+        if nb < 0 or nb > PROB_BITS:
+            return ERR_TABLE
+        prev = nb
+        f = 0
+        if nb == 1:
+            f = 1
+        elif nb > 1:
+            keep = min(nb - 1, sig - 1)
+            m = _get(buf, st, keep)
+            if m < 0:
+                return ERR_META
+            f = ((np.int64(1) << (nb - 1)) | (m << (nb - 1 - keep)))
+        freq_out[s] = f
+        acc += f
+    rest = PROB_SCALE - acc
+    if rest < 1 or rest >= PROB_SCALE:
+        return ERR_TABLE
+    freq_out[big] = rest
+    return OK
+
+
+@njit(**_NJ)
+def write_meta(freqs, sigs, starts):
+    """Side info: context starts (5 bits each) and every table; returns the bytes."""
+    buf = np.zeros(64 + freqs.shape[0] * 320, dtype=np.uint8)
+    st = np.zeros(1, dtype=np.int64)
+    for t in range(starts.size):
+        _put(buf, st, starts[t], 5)
+    for c in range(freqs.shape[0]):
+        write_table(buf, st, freqs[c], sigs[c])
+    return buf[: (st[0] + 7) >> 3].copy()
+
+
+@njit(**_NJ)
+def read_meta(buf, n_ctx, n_tables):
+    """(error, starts, freqs) from the side-info bytes; padding bits must be zero."""
+    st = np.zeros(1, dtype=np.int64)
+    starts = np.zeros(max(n_ctx - 1, 0), dtype=np.int64)
+    freqs = np.zeros((n_tables, ALPHABET), dtype=np.int64)
+    prev = 0
+    for t in range(n_ctx - 1):
+        v = _get(buf, st, 5)
+        if v < 0:
+            return ERR_META, starts, freqs
+        if v <= prev or v >= N_FEATURES:
+            return ERR_META, starts, freqs
+        starts[t] = v
+        prev = v
+    for c in range(n_tables):
+        err = read_table(buf, st, ALPHABET, freqs[c])
+        if err != OK:
+            return err, starts, freqs
+    if (st[0] + 7) >> 3 != buf.size:
+        return ERR_META, starts, freqs
+    pad = buf.size * 8 - st[0]
+    if pad and _get(buf, st, pad) != 0:
+        return ERR_META, starts, freqs
+    return OK, starts, freqs
+
+
+# ------------------------------------------------------------------ rANS
+@njit(**_NJ)
+def cumulative(freqs):
+    cums = np.zeros_like(freqs)
+    for c in range(freqs.shape[0]):
+        acc = 0
+        for s in range(freqs.shape[1]):
+            cums[c, s] = acc
+            acc += freqs[c, s]
+    return cums
+
+
+@njit(inline="always", **_NJ)
+def _enc(x, f, b, words, pos):
+    if x >= (f << (32 - PROB_BITS)):  # ((RANS_L >> PROB_BITS) << 16) * f
+        pos -= 1
+        words[pos] = np.uint16(x & 0xFFFF)
+        x >>= 16
+    return ((x // f) << PROB_BITS) + (x % f) + b, pos
+
+
+@njit(**_NJ)
+def rans_encode(sym, fidx, cmap, use_ctx, pre, pre_table, freqs, cums):
+    """Encode ``pre`` (decoded first, all with table ``pre_table``) then ``sym``.
+
+    Element ``j`` uses state ``j % 4`` and context ``cmap[fidx[j]]`` (0 without contexts);
+    prefix symbol ``t`` uses state ``t % 4``. Returns the 16-bit words in decoding order.
+    """
+    n = sym.size
+    words = np.empty(n + pre.size + 2 * N_STATES + 8, dtype=np.uint16)
+    pos = words.size
+    xs = np.full(N_STATES, RANS_L, dtype=np.int64)
+    x0 = np.int64(RANS_L)
+    x1 = x0
+    x2 = x0
+    x3 = x0
+    nb4 = n - (n & 3)
+    for j in range(n - 1, nb4 - 1, -1):  # tail, states j & 3
+        c = cmap[fidx[j]] if use_ctx else 0
+        s = sym[j]
+        xs[j & 3], pos = _enc(xs[j & 3], freqs[c, s], cums[c, s], words, pos)
+    x0, x1, x2, x3 = xs[0], xs[1], xs[2], xs[3]
+    for j in range(nb4 - 4, -1, -4):
+        if use_ctx:
+            c3 = cmap[fidx[j + 3]]
+            c2 = cmap[fidx[j + 2]]
+            c1 = cmap[fidx[j + 1]]
+            c0 = cmap[fidx[j]]
+        else:
+            c3 = c2 = c1 = c0 = 0
+        s3 = sym[j + 3]
+        s2 = sym[j + 2]
+        s1 = sym[j + 1]
+        s0 = sym[j]
+        x3, pos = _enc(x3, freqs[c3, s3], cums[c3, s3], words, pos)
+        x2, pos = _enc(x2, freqs[c2, s2], cums[c2, s2], words, pos)
+        x1, pos = _enc(x1, freqs[c1, s1], cums[c1, s1], words, pos)
+        x0, pos = _enc(x0, freqs[c0, s0], cums[c0, s0], words, pos)
+    xs[0], xs[1], xs[2], xs[3] = x0, x1, x2, x3
+    for t in range(pre.size - 1, -1, -1):
+        s = pre[t]
+        xs[t & 3], pos = _enc(xs[t & 3], freqs[pre_table, s], cums[pre_table, s], words, pos)
+    for k in range(N_STATES - 1, -1, -1):
+        pos -= 1
+        words[pos] = np.uint16(xs[k] & 0xFFFF)
+        pos -= 1
+        words[pos] = np.uint16(xs[k] >> 16)
+    return words[pos:].copy()
+
+
+@njit(**_NJ)
+def build_lut(freqs, cums):
+    """slot -> symbol | freq << 8 | (slot - cum) << 20, one 4096-entry block per table."""
+    nt, na = freqs.shape
+    lut = np.empty(nt * PROB_SCALE, dtype=np.uint32)
+    for c in range(nt):
+        for s in range(na):
+            f = freqs[c, s]
+            b = cums[c, s]
+            for t in range(f):
+                lut[c * PROB_SCALE + b + t] = np.uint32(s | (f << 8) | (t << 20))
+    return lut
+
+
+@njit(inline="always", **_NJ)
+def _dec(x, base, lut):
+    e = np.int64(lut[base + (x & PROB_MASK)])
+    return ((e >> 8) & PROB_MASK) * (x >> PROB_BITS) + (e >> 20), e & 0xFF
+
+
+@njit(inline="always", **_NJ)
+def _value(s, vlut, raw, rst, step, mode):
+    """Reconstruction of symbol ``s``; escapes read raw bits. rst = [pos, acc, nacc, err]."""
+    if s < N_DIRECT:
+        return vlut[s]
+    idx = s - N_DIRECT
+    e = LOG_DIRECT + (idx >> 1)
+    nb = e - 1
+    acc = rst[1]
+    nacc = rst[2]
+    if nacc < nb:
+        if rst[0] >= raw.size:
+            rst[3] = ERR_RAW
+            return 0.0
+        acc |= np.int64(raw[rst[0]]) << nacc
+        nacc += 32
+        rst[0] += 1
+    z = (np.int64(1) << e) | (np.int64(idx & 1) << (e - 1)) | (acc & ((np.int64(1) << nb) - 1))
+    rst[1] = acc >> nb
+    rst[2] = nacc - nb
+    if z > 2 * CODE_RADIUS:
+        rst[3] = ERR_CODE
+        return 0.0
+    q = (z >> 1) ^ -(z & 1)
+    return round_out(np.float64(q) * step, mode)
+
+
+@njit(**_NJ)
+def rans_decode(words, raw, lut, n_ctx, cmap, rows, cols, inner, step, mode, out):
+    """Decode ``out.size`` elements (plus the channel scales first when ``n_ctx > 1``).
+
+    Returns an error code; on success every word and raw bit has been consumed and the four
+    states are back at their initial value, which catches most corruptions.
+    """
+    n = out.size
+    nw = words.size
+    if nw < 2 * N_STATES:
+        return ERR_WORDS
+    xs = np.empty(N_STATES, dtype=np.int64)
+    for k in range(N_STATES):
+        xs[k] = (np.int64(words[2 * k]) << 16) | np.int64(words[2 * k + 1])
+        if xs[k] < RANS_L:
+            return ERR_FINAL
+    pos = 2 * N_STATES
+    vlut = np.empty(N_DIRECT, dtype=np.float64)
+    for z in range(N_DIRECT):
+        q = (z >> 1) ^ -(z & 1)
+        vlut[z] = round_out(np.float64(q) * step, mode)
+    rst = np.zeros(4, dtype=np.int64)
+    use_ctx = n_ctx > 1
+    ctx = np.zeros(n if use_ctx else 0, dtype=np.uint8)
+    if use_ctx:
+        # channel scales come first, decoded with the last table
+        base = n_ctx * PROB_SCALE
+        lev = np.empty(rows + cols, dtype=np.int64)
+        for t in range(rows + cols):
+            k = t & 3
+            x, s = _dec(xs[k], base, lut)
+            if x < RANS_L:
+                if pos >= nw:
+                    return ERR_WORDS
+                x = (x << 16) | np.int64(words[pos])
+                pos += 1
+            xs[k] = x
+            if s >= SCALE_LEVELS:
+                return ERR_SCALE
+            lev[t] = s
+        j = 0
+        for o in range(rows):
+            for i in range(cols):
+                c = cmap[feature(lev[o], lev[rows + i])]
+                for _k in range(inner):
+                    ctx[j] = c
+                    j += 1
+    x0, x1, x2, x3 = xs[0], xs[1], xs[2], xs[3]
+    nb4 = n - (n & 3)
+    for j in range(0, nb4, 4):
+        if use_ctx:
+            b0 = np.int64(ctx[j]) << PROB_BITS
+            b1 = np.int64(ctx[j + 1]) << PROB_BITS
+            b2 = np.int64(ctx[j + 2]) << PROB_BITS
+            b3 = np.int64(ctx[j + 3]) << PROB_BITS
+        else:
+            b0 = b1 = b2 = b3 = 0
+        x0, s0 = _dec(x0, b0, lut)
+        x1, s1 = _dec(x1, b1, lut)
+        x2, s2 = _dec(x2, b2, lut)
+        x3, s3 = _dec(x3, b3, lut)
+        if x0 < RANS_L:
+            if pos >= nw:
+                return ERR_WORDS
+            x0 = (x0 << 16) | np.int64(words[pos])
+            pos += 1
+        if x1 < RANS_L:
+            if pos >= nw:
+                return ERR_WORDS
+            x1 = (x1 << 16) | np.int64(words[pos])
+            pos += 1
+        if x2 < RANS_L:
+            if pos >= nw:
+                return ERR_WORDS
+            x2 = (x2 << 16) | np.int64(words[pos])
+            pos += 1
+        if x3 < RANS_L:
+            if pos >= nw:
+                return ERR_WORDS
+            x3 = (x3 << 16) | np.int64(words[pos])
+            pos += 1
+        out[j] = _value(s0, vlut, raw, rst, step, mode)
+        out[j + 1] = _value(s1, vlut, raw, rst, step, mode)
+        out[j + 2] = _value(s2, vlut, raw, rst, step, mode)
+        out[j + 3] = _value(s3, vlut, raw, rst, step, mode)
+        if rst[3] != OK:
+            return rst[3]
+    xs[0], xs[1], xs[2], xs[3] = x0, x1, x2, x3
+    for j in range(nb4, n):
+        k = j & 3
+        x, s = _dec(xs[k], (np.int64(ctx[j]) << PROB_BITS) if use_ctx else 0, lut)
+        if x < RANS_L:
+            if pos >= nw:
+                return ERR_WORDS
+            x = (x << 16) | np.int64(words[pos])
+            pos += 1
+        xs[k] = x
+        out[j] = _value(s, vlut, raw, rst, step, mode)
+        if rst[3] != OK:
+            return rst[3]
+    for k in range(N_STATES):
+        if xs[k] != RANS_L:
+            return ERR_FINAL
+    if pos != nw or rst[0] != raw.size or rst[1] != 0 or rst[2] >= 32:
+        return ERR_FINAL
+    return OK
