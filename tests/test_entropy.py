@@ -321,3 +321,29 @@ def test_linear_frame_with_bad_section_is_refused(mangle) -> None:
 def test_empty_section_read_is_refused() -> None:
     with pytest.raises(PayloadError):
         read_magnitudes(AnsReader(b""), 10, None, 1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: AnsReader wraps only the length check; constriction's ValueError for a section "
+    "ending in a zero word escapes as a bare ValueError instead of PayloadError",
+)
+@pytest.mark.parametrize("data", [b"\x00\x00\x00\x00", b"\x01\x00\x00\x00\x00\x00\x00\x00"])
+def test_section_ending_in_zero_word_is_payload_error(data: bytes) -> None:
+    with pytest.raises(PayloadError):
+        r = AnsReader(data)
+        read_magnitudes(r, 4, None, 1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: read_model builds a Categorical from all-zero levels; constriction's "
+    "'not normalizable' ValueError escapes instead of PayloadError",
+)
+def test_all_zero_model_side_info_is_payload_error() -> None:
+    w = AnsWriter()
+    w.write(np.array([3], dtype=np.int32), _model.Uniform(256))  # top = 3 ...
+    w.write(np.zeros(4, dtype=np.int32), _model.Uniform(64))  # ... but every level is 0
+    w.write(np.array([1, 2], dtype=np.int32), _model.Uniform(4))
+    with pytest.raises(PayloadError):
+        read_symbols(AnsReader(w.finish()), 2)

@@ -358,7 +358,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=d.root, help="dataset folder override")
     p.add_argument("--test-samples", type=_optional_int, default=d.test_samples,
                    help="first N test samples (none: all)")
-    p.add_argument("--threads", type=_optional_int, default=d.threads)
+    p.add_argument("--threads", type=_optional_int, default=d.threads,
+                   help="torch threads (default 1, reproducible; none: torch's setting)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

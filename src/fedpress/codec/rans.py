@@ -405,7 +405,8 @@ def _round_sig(f, sig):
 @njit(**_NJ)
 def sparse_table(counts, freq):
     """Cheapest description of ``freq``: frequencies rounded to ``sig`` significant bits, the
-    largest one implied by the sum. Returns (table, sig) minimising code length + table bits."""
+    largest one implied by the sum. Returns (table, sig, implied index) minimising code length +
+    table bits."""
     na = counts.size
     big = 0
     for s in range(na):
@@ -435,7 +436,7 @@ def sparse_table(counts, freq):
             best_cost = cost
             best_sig = sig
             best = t
-    return best, best_sig
+    return best, best_sig, big
 
 
 # ------------------------------------------------------------------ side-info bit stream
@@ -465,16 +466,13 @@ def _get(buf, st, nb):
 
 
 @njit(**_NJ)
-def write_table(buf, st, freq, sig):
+def write_table(buf, st, freq, sig, big):
     """top (7 bits), implied index (7), sig (4), then per entry a bit-length code + mantissa."""
     na = freq.size
     top = 0
-    big = 0
     for s in range(na):
         if freq[s] > 0:
             top = s
-        if freq[s] > freq[big]:
-            big = s
     _put(buf, st, top, 7)
     _put(buf, st, big, 7)
     _put(buf, st, sig, 4)
@@ -553,14 +551,14 @@ def read_table(buf, st, na, freq_out):
 
 
 @njit(**_NJ)
-def write_meta(freqs, sigs, starts):
+def write_meta(freqs, sigs, bigs, starts):
     """Side info: context starts (5 bits each) and every table; returns the bytes."""
     buf = np.zeros(64 + freqs.shape[0] * 320, dtype=np.uint8)
     st = np.zeros(1, dtype=np.int64)
     for t in range(starts.size):
         _put(buf, st, starts[t], 5)
     for c in range(freqs.shape[0]):
-        write_table(buf, st, freqs[c], sigs[c])
+        write_table(buf, st, freqs[c], sigs[c], bigs[c])
     return buf[: (st[0] + 7) >> 3].copy()
 
 
@@ -682,54 +680,64 @@ def _dec(x, base, lut):
 
 
 @njit(inline="always", **_NJ)
-def _value(s, vlut, raw, rst, step, mode):
-    """Reconstruction of symbol ``s``; escapes read raw bits. rst = [pos, acc, nacc, err]."""
+def _renorm(x, words, pos):
+    """Branch-free 16-bit refill; ``words`` is padded, the caller checks ``pos`` afterwards."""
+    w = np.int64(words[pos])
+    need = x < RANS_L
+    x = ((x << 16) | w) if need else x
+    return x, pos + np.int64(need)
+
+
+@njit(nogil=True, cache=True)
+def _escape(s, raw, rpos, acc, nacc, step, mode):
+    """Value of an escape symbol (exponent class + raw bits): (value, rpos, acc, nacc, err)."""
     if s < N_DIRECT:
-        return vlut[s]
+        return 0.0, rpos, acc, nacc, ERR_CODE  # not reached: callers pass escapes only
     idx = s - N_DIRECT
     e = LOG_DIRECT + (idx >> 1)
     nb = e - 1
-    acc = rst[1]
-    nacc = rst[2]
     if nacc < nb:
-        if rst[0] >= raw.size:
-            rst[3] = ERR_RAW
-            return 0.0
-        acc |= np.int64(raw[rst[0]]) << nacc
+        if rpos >= raw.size:
+            return 0.0, rpos, acc, nacc, ERR_RAW
+        acc |= np.int64(raw[rpos]) << nacc
         nacc += 32
-        rst[0] += 1
+        rpos += 1
     z = (np.int64(1) << e) | (np.int64(idx & 1) << (e - 1)) | (acc & ((np.int64(1) << nb) - 1))
-    rst[1] = acc >> nb
-    rst[2] = nacc - nb
+    acc >>= nb
+    nacc -= nb
     if z > 2 * CODE_RADIUS:
-        rst[3] = ERR_CODE
-        return 0.0
+        return 0.0, rpos, acc, nacc, ERR_CODE
     q = (z >> 1) ^ -(z & 1)
-    return round_out(np.float64(q) * step, mode)
+    return round_out(np.float64(q) * step, mode), rpos, acc, nacc, OK
 
 
 @njit(**_NJ)
-def rans_decode(words, raw, lut, n_ctx, cmap, rows, cols, inner, step, mode, out):
+def rans_decode(words_in, raw, lut, n_ctx, cmap, rows, cols, inner, step, mode, out):
     """Decode ``out.size`` elements (plus the channel scales first when ``n_ctx > 1``).
 
     Returns an error code; on success every word and raw bit has been consumed and the four
     states are back at their initial value, which catches most corruptions.
     """
     n = out.size
-    nw = words.size
+    nw = words_in.size
     if nw < 2 * N_STATES:
         return ERR_WORDS
+    words = np.zeros(nw + 2 * N_STATES, dtype=np.uint16)  # padding for branch-free refills
+    words[:nw] = words_in
     xs = np.empty(N_STATES, dtype=np.int64)
     for k in range(N_STATES):
         xs[k] = (np.int64(words[2 * k]) << 16) | np.int64(words[2 * k + 1])
         if xs[k] < RANS_L:
             return ERR_FINAL
-    pos = 2 * N_STATES
+    pos = np.int64(2 * N_STATES)
     vlut = np.empty(N_DIRECT, dtype=np.float64)
     for z in range(N_DIRECT):
         q = (z >> 1) ^ -(z & 1)
         vlut[z] = round_out(np.float64(q) * step, mode)
-    rst = np.zeros(4, dtype=np.int64)
+    rpos = 0
+    acc = np.int64(0)
+    nacc = 0
+    err = OK
     use_ctx = n_ctx > 1
     ctx = np.zeros(n if use_ctx else 0, dtype=np.uint8)
     if use_ctx:
@@ -739,11 +747,9 @@ def rans_decode(words, raw, lut, n_ctx, cmap, rows, cols, inner, step, mode, out
         for t in range(rows + cols):
             k = t & 3
             x, s = _dec(xs[k], base, lut)
-            if x < RANS_L:
-                if pos >= nw:
-                    return ERR_WORDS
-                x = (x << 16) | np.int64(words[pos])
-                pos += 1
+            x, pos = _renorm(x, words, pos)
+            if pos > nw:
+                return ERR_WORDS
             xs[k] = x
             if s >= SCALE_LEVELS:
                 return ERR_SCALE
@@ -769,48 +775,44 @@ def rans_decode(words, raw, lut, n_ctx, cmap, rows, cols, inner, step, mode, out
         x1, s1 = _dec(x1, b1, lut)
         x2, s2 = _dec(x2, b2, lut)
         x3, s3 = _dec(x3, b3, lut)
-        if x0 < RANS_L:
-            if pos >= nw:
-                return ERR_WORDS
-            x0 = (x0 << 16) | np.int64(words[pos])
-            pos += 1
-        if x1 < RANS_L:
-            if pos >= nw:
-                return ERR_WORDS
-            x1 = (x1 << 16) | np.int64(words[pos])
-            pos += 1
-        if x2 < RANS_L:
-            if pos >= nw:
-                return ERR_WORDS
-            x2 = (x2 << 16) | np.int64(words[pos])
-            pos += 1
-        if x3 < RANS_L:
-            if pos >= nw:
-                return ERR_WORDS
-            x3 = (x3 << 16) | np.int64(words[pos])
-            pos += 1
-        out[j] = _value(s0, vlut, raw, rst, step, mode)
-        out[j + 1] = _value(s1, vlut, raw, rst, step, mode)
-        out[j + 2] = _value(s2, vlut, raw, rst, step, mode)
-        out[j + 3] = _value(s3, vlut, raw, rst, step, mode)
-        if rst[3] != OK:
-            return rst[3]
+        x0, pos = _renorm(x0, words, pos)
+        x1, pos = _renorm(x1, words, pos)
+        x2, pos = _renorm(x2, words, pos)
+        x3, pos = _renorm(x3, words, pos)
+        if pos > nw:
+            return ERR_WORDS
+        if (s0 | s1 | s2 | s3) < N_DIRECT:
+            out[j] = vlut[s0]
+            out[j + 1] = vlut[s1]
+            out[j + 2] = vlut[s2]
+            out[j + 3] = vlut[s3]
+        else:
+            for t, s in ((0, s0), (1, s1), (2, s2), (3, s3)):
+                if s < N_DIRECT:
+                    out[j + t] = vlut[s]
+                else:
+                    v, rpos, acc, nacc, err = _escape(s, raw, rpos, acc, nacc, step, mode)
+                    if err != OK:
+                        return err
+                    out[j + t] = v
     xs[0], xs[1], xs[2], xs[3] = x0, x1, x2, x3
     for j in range(nb4, n):
         k = j & 3
         x, s = _dec(xs[k], (np.int64(ctx[j]) << PROB_BITS) if use_ctx else 0, lut)
-        if x < RANS_L:
-            if pos >= nw:
-                return ERR_WORDS
-            x = (x << 16) | np.int64(words[pos])
-            pos += 1
+        x, pos = _renorm(x, words, pos)
+        if pos > nw:
+            return ERR_WORDS
         xs[k] = x
-        out[j] = _value(s, vlut, raw, rst, step, mode)
-        if rst[3] != OK:
-            return rst[3]
+        if s < N_DIRECT:
+            out[j] = vlut[s]
+        else:
+            v, rpos, acc, nacc, err = _escape(s, raw, rpos, acc, nacc, step, mode)
+            if err != OK:
+                return err
+            out[j] = v
     for k in range(N_STATES):
         if xs[k] != RANS_L:
             return ERR_FINAL
-    if pos != nw or rst[0] != raw.size or rst[1] != 0 or rst[2] >= 32:
+    if pos != nw or rpos != raw.size or acc != 0 or nacc >= 32:
         return ERR_FINAL
     return OK
