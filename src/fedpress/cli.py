@@ -68,13 +68,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return main_demo(args)
 
 
-def _delegate(module: str, func: str):
-    def run(args: argparse.Namespace) -> int:
-        import importlib
+#: subcommands that parse their own arguments: name -> (module, function, help)
+DELEGATED = {
+    "record-traces": (".traces", "main_record", "record real FL pseudo-gradient traces"),
+    "run": (".fl.run", "main_run", "run a federated experiment from a config"),
+    "plot": (".fl.run", "main_plot", "redraw the plots of a run directory"),
+}
 
-        return getattr(importlib.import_module(module, __package__), func)(args.rest)
 
-    return run
+def _delegate(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module, func, _ = DELEGATED[name]
+    return int(getattr(importlib.import_module(module, __package__), func)(argv) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,22 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quick", action="store_true")
     m.set_defaults(func=cmd_demo)
 
-    for name, module, func, helptext in [
-        ("record-traces", ".traces", "main_record", "record real FL pseudo-gradient traces"),
-        ("run", ".fl.run", "main_run", "run a federated experiment from a config"),
-        ("plot", ".fl.run", "main_plot", "redraw the plots of a run directory"),
-    ]:
-        r = sub.add_parser(name, help=helptext, add_help=False)
-        r.add_argument("rest", nargs=argparse.REMAINDER)
-        r.set_defaults(func=_delegate(module, func))
+    for name, (_, _, helptext) in DELEGATED.items():
+        sub.add_parser(name, help=helptext, add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     from .codec.errors import CodecError
 
     try:
+        if argv and argv[0] in DELEGATED:
+            return _delegate(argv[0], argv[1:])
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("fedpress: interrupted", file=sys.stderr)
