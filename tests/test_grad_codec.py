@@ -109,7 +109,9 @@ def test_predictor_variants_roundtrip(predictor: str, shape, mode: str, eb: floa
     "temporal,scale,ksign,basis", list(itertools.product([False, True], repeat=4))
 )
 @pytest.mark.parametrize("shape", [(16, 8, 3, 3), (64, 100), (5000,)], ids=str)
-def test_ablation_flags_roundtrip(temporal: bool, scale: bool, ksign: bool, basis: bool, shape) -> None:
+def test_ablation_flags_roundtrip(
+    temporal: bool, scale: bool, ksign: bool, basis: bool, shape
+) -> None:
     codec = get_codec(
         "grad",
         mode="rel",
@@ -180,8 +182,12 @@ def test_state_of_another_shape_is_not_used() -> None:
     codec.encode(a[0], enc)
     frame = codec.encode(a[1], enc)
     dec: dict = {}
-    codec.decode(get_codec("grad").encode(a[0].reshape(8, 16, 3, 3), {}), (8, 16, 3, 3),
-                 np.dtype(np.float32), dec)
+    codec.decode(
+        get_codec("grad").encode(a[0].reshape(8, 16, 3, 3), {}),
+        (8, 16, 3, 3),
+        np.dtype(np.float32),
+        dec,
+    )
     with pytest.raises(StreamStateError):
         codec.decode(frame, a[1].shape, a[1].dtype, dec)
 
@@ -214,7 +220,9 @@ def test_shape_change_gives_a_keyframe() -> None:
     assert [bool(flags_of(f) & F_TEMPORAL) for f in frames] == [False, True, False, True]
     # the keyframe after the shape change decodes without any state
     y = codec.decode(frames[2], other[0].shape, other[0].dtype, {})
-    assert np.abs(y.astype(np.float64) - other[0]).max() <= ErrorBound("rel", 1e-3).absolute(other[0])
+    assert np.abs(y.astype(np.float64) - other[0]).max() <= ErrorBound("rel", 1e-3).absolute(
+        other[0]
+    )
     # same element count, other shape: still a keyframe
     enc2: dict = {}
     codec.encode(first[0], enc2)
@@ -241,8 +249,13 @@ def test_constant_tensor_is_exact() -> None:
     enc: dict = {}
     dec: dict = {}
     xs = gradient_rounds((16, 8, 3, 3), rounds=3)
-    sequence = [np.full((16, 8, 3, 3), 0.3125, dtype=np.float32), xs[0],
-                np.full((16, 8, 3, 3), -7.1, dtype=np.float32), xs[1], xs[2]]
+    sequence = [
+        np.full((16, 8, 3, 3), 0.3125, dtype=np.float32),
+        xs[0],
+        np.full((16, 8, 3, 3), -7.1, dtype=np.float32),
+        xs[1],
+        xs[2],
+    ]
     for x in sequence:
         f = codec.encode(x, enc)
         y = codec.decode(f, x.shape, x.dtype, dec)
@@ -282,9 +295,17 @@ def test_unsupported_dtype_and_bad_params_are_refused() -> None:
     codec = get_codec("grad")
     with pytest.raises(CodecError):
         codec.encode(np.arange(2000, dtype=np.int64).reshape(20, 100), {})
-    for bad in [{"predictor": "magic"}, {"ema_alpha": 0.0}, {"ema_alpha": 1.5},
-                {"kernel_tau": -0.1}, {"mode": "pct"}, {"eb": 0.0}, {"eb": 1.0},
-                {"eb": float("nan")}, {"unknown": 1}]:
+    for bad in [
+        {"predictor": "magic"},
+        {"ema_alpha": 0.0},
+        {"ema_alpha": 1.5},
+        {"kernel_tau": -0.1},
+        {"mode": "pct"},
+        {"eb": 0.0},
+        {"eb": 1.0},
+        {"eb": float("nan")},
+        {"unknown": 1},
+    ]:
         with pytest.raises(CodecError):
             get_codec("grad", **bad)
 
@@ -292,8 +313,11 @@ def test_unsupported_dtype_and_bad_params_are_refused() -> None:
 # ---------------------------------------------------------------- malformed frames
 
 
-@pytest.mark.parametrize("params", [{}, {"predictor": "kernel"}, {"sign_basis_context": True}],
-                         ids=["default", "kernel", "basis"])
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"predictor": "kernel"}, {"sign_basis_context": True}],
+    ids=["default", "kernel", "basis"],
+)
 def test_truncated_and_overlong_frames_are_refused(params) -> None:
     codec = get_codec("grad", mode="rel", eb=1e-2, **params)
     xs = gradient_rounds((8, 4, 3, 3), rounds=2)
@@ -332,8 +356,10 @@ def rank_one_gradients(shape: tuple[int, ...], rounds: int, seed: int) -> list[n
     c = np.exp(rng.normal(0.0, 1.0, shape[1]))
     s = (r[:, None] * c[None, :]).reshape(shape[:2] + (1,) * (len(shape) - 2))
     base = rng.laplace(size=shape)
-    return [(1e-3 * s * (0.7 * base + 0.3 * rng.laplace(size=shape))).astype(np.float32)
-            for _ in range(rounds)]
+    return [
+        (1e-3 * s * (0.7 * base + 0.3 * rng.laplace(size=shape))).astype(np.float32)
+        for _ in range(rounds)
+    ]
 
 
 @pytest.mark.parametrize("shape", [(64, 32, 3, 3), (256, 128)], ids=str)

@@ -228,7 +228,7 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel] = Experi
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         got = err.get("input")
-        if err.get("type") not in ("missing",) and not isinstance(got, (dict, list)):
+        if err.get("type") != "missing" and not isinstance(got, (dict, list)) and repr(got) not in msg:
             msg = f"{msg} (got {got!r})"
         lines.append(f"{path}: {msg}")
     return "; ".join(lines)

@@ -105,7 +105,9 @@ def get_codec(name: str, **params: Any) -> Codec:
         )
     try:
         return cls(**params)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, CodecError):
+            raise
         raise CodecError(f"bad parameters for codec {name!r}: {exc}") from None
 
 

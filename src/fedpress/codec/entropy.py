@@ -60,7 +60,10 @@ class AnsReader:
         if len(data) % 4:
             raise PayloadError("entropy-coded section is not a whole number of 32-bit words")
         words = np.frombuffer(data, dtype=np.uint32).copy()
-        self._coder = constriction.stream.stack.AnsCoder(words)
+        try:
+            self._coder = constriction.stream.stack.AnsCoder(words)
+        except (ValueError, RuntimeError) as exc:  # e.g. a section ending in a zero word
+            raise PayloadError(f"entropy-coded section is corrupt ({exc})") from None
 
     def read(self, n: int, model: object) -> np.ndarray:
         if n == 0:
@@ -69,6 +72,11 @@ class AnsReader:
             return np.asarray(self._coder.decode(model, int(n)), dtype=np.int32)
         except BaseException as exc:  # constriction raises on exhausted/corrupt input
             raise PayloadError(f"entropy-coded section is corrupt ({exc})") from None
+
+    def done(self) -> None:
+        """Refuse a section with data left over (truncated, extended or mis-framed)."""
+        if not self._coder.is_empty():
+            raise PayloadError("entropy-coded section has data left over: corrupt or mis-framed")
 
     def read_uniform(self, n: int, nbits: int) -> np.ndarray:
         out = np.zeros(n, dtype=np.int64)
@@ -86,8 +94,13 @@ def _levels(counts: np.ndarray) -> np.ndarray:
 
 
 def _model_from_levels(levels: np.ndarray) -> object:
+    if not levels.size or levels.max() <= 0:
+        raise PayloadError("model side info has no probability mass")
     probs = np.exp2(levels.astype(np.float64) / 2.0) - 1.0
-    return _model.Categorical(probs, perfect=False)
+    try:
+        return _model.Categorical(probs, perfect=False)
+    except (ValueError, RuntimeError) as exc:
+        raise PayloadError(f"model side info is invalid ({exc})") from None
 
 
 def write_model(w: AnsWriter, symbols: np.ndarray, alphabet: int) -> object:

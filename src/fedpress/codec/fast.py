@@ -94,10 +94,10 @@ class FastCodec(BoundedCodec):
             return encode_exact_or_empty(flat, 0.0)
         work, omode = _work(flat)
         if self.bound.mode == "rel":
-            mn, mx, bad = rans.scan(work)
-            if bad:
-                check_finite(flat)
-            abs_eb = float(self.bound.value) * (float(mx) - float(mn))
+            mn, mx = float(work.min()), float(work.max())
+            if not (math.isfinite(mn) and math.isfinite(mx)):
+                check_finite(flat)  # raises NonFiniteError
+            abs_eb = float(self.bound.value) * (mx - mn)
         else:
             abs_eb = float(self.bound.value)
         special = encode_exact_or_empty(flat, abs_eb)
@@ -108,39 +108,47 @@ class FastCodec(BoundedCodec):
         step = 2.0 * abs_eb
         layout = context_layout(shape)
         rows, cols, inner = layout if layout is not None else (1, 1, n)
-        sym = np.empty(n, dtype=np.uint8)
-        vpos = np.empty(n, dtype=np.int64)
-        raw = np.empty(n + 2, dtype=np.uint32)
-        hist4 = np.zeros((4, rans.ALPHABET), dtype=np.int64)
+        z = np.empty(n, dtype=np.uint32)
         rsum = np.zeros(rows, dtype=np.int64)
         csum = np.zeros(cols, dtype=np.int64)
-        nv, nraw, bad = rans.quantize(
-            work, step, 1.0 / step, abs_eb, omode, rows, cols, inner, sym, vpos, raw, hist4, rsum, csum
-        )
-        if bad:
-            check_finite(flat)  # raises NonFiniteError
+        rans.quantize(work, step, 1.0 / step, abs_eb, omode, rows, cols, inner, z, rsum, csum)
+        use_f = layout is not None
+        if use_f:
+            rlev = rans.scale_levels(rsum, cols * inner)
+            clev = rans.scale_levels(csum, rows * inner)
+        else:
+            rlev = clev = _EMPTY_U8
+        sym = np.empty(n, dtype=np.uint8)
+        fidx = np.empty(n if use_f else 0, dtype=np.uint8)
+        vpos = np.empty(n, dtype=np.int64)
+        raw = np.empty(n + 2, dtype=np.uint32)
+        nv, nraw, h2 = rans.symbolize(z, rows, cols, inner, rlev, clev, use_f, sym, fidx, vpos, raw)
+        index = vpos[:nv]
+        if nv and self.bound.mode == "abs":
+            check_finite(flat[index])  # NaN/Inf are always verbatim: raises NonFiniteError
 
-        n_ctx, fidx, cmap, starts, pre = 1, _EMPTY_U8, _ZERO_CMAP, np.zeros(0, np.int64), _EMPTY_U8
-        counts = hist4.sum(axis=0)[None, :]
-        if layout is not None:
-            ctx = _contexts(sym, rows, cols, inner, rsum, csum)
+        n_ctx, cmap, starts, pre = 1, _ZERO_CMAP, np.zeros(0, np.int64), _EMPTY_U8
+        counts = h2.sum(axis=0)[None, :]
+        if use_f:
+            ctx = _contexts(h2, rlev, clev)
             if ctx is not None:
-                n_ctx, fidx, cmap, starts, pre, counts = ctx
+                n_ctx, cmap, starts, pre, counts = ctx
 
-        freqs = np.zeros((counts.shape[0], rans.ALPHABET), dtype=np.int64)
-        sigs = np.zeros(counts.shape[0], dtype=np.int64)
-        bigs = np.zeros(counts.shape[0], dtype=np.int64)
-        for c in range(counts.shape[0]):
+        n_tab = counts.shape[0]
+        freqs = np.zeros((n_tab, rans.ALPHABET), dtype=np.int64)
+        sigs = np.zeros(n_tab, dtype=np.int64)
+        bigs = np.zeros(n_tab, dtype=np.int64)
+        for c in range(n_tab):
             freqs[c], sigs[c], bigs[c] = rans.sparse_table(counts[c], rans.normalize(counts[c]))
         meta = rans.write_meta(freqs, sigs, bigs, starts)
-        words = rans.rans_encode(sym, fidx, cmap, n_ctx > 1, pre, n_ctx, freqs, rans.cumulative(freqs))
+        tab = rans.encoder_table(freqs, rans.cumulative(freqs))
+        words = rans.rans_encode(sym, fidx, cmap, n_ctx > 1, pre, n_ctx, tab)
 
         w = FrameWriter()
         w.pack("BdB", KIND_QUANTIZED, abs_eb, n_ctx)
         w.section(meta.tobytes())
         w.section(words.astype("<u2", copy=False).tobytes())
         w.section(raw[:nraw].astype("<u4", copy=False).tobytes())
-        index = vpos[:nv]
         write_verbatim(w, index, flat[index])
         return w.getvalue()
 
@@ -210,14 +218,8 @@ class FastCodec(BoundedCodec):
         return out.reshape(shape)
 
 
-def _contexts(sym, rows, cols, inner, rsum, csum):
+def _contexts(h2, rlev, clev):
     """Channel-scale contexts when they pay for their side info, else None."""
-    rlev = rans.scale_levels(rsum, cols * inner)
-    clev = rans.scale_levels(csum, rows * inner)
-    fidx = np.empty(sym.size, dtype=np.uint8)
-    hist2 = np.zeros((4, rans.N_FEATURES, rans.ALPHABET), dtype=np.int64)
-    rans.features(sym, rows, cols, inner, rlev, clev, fidx, hist2)
-    h2 = hist2.sum(axis=0)
     one, best, starts = rans.choose_contexts(h2, rans.MAX_CTX)
     if starts.size == 0:
         return None
@@ -228,4 +230,4 @@ def _contexts(sym, rows, cols, inner, rsum, csum):
     cmap = rans.context_map(starts)
     n_ctx = starts.size + 1
     counts = np.concatenate([rans.context_hists(h2, cmap, n_ctx), pre_counts[None, :]])
-    return n_ctx, fidx, cmap, starts, pre, counts
+    return n_ctx, cmap, starts, pre, counts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import zlib
 
 import numpy as np
 import zstandard
@@ -21,6 +22,11 @@ class FrameWriter:
         """A length-prefixed byte section."""
         self.pack("I", len(data))
         self._parts.append(bytes(data))
+
+    def checked_section(self, data: bytes) -> None:
+        """A section with its own crc32, for frames that may be decoded outside a payload."""
+        self.pack("I", zlib.crc32(data))
+        self.section(data)
 
     def getvalue(self) -> bytes:
         return b"".join(self._parts)
@@ -46,6 +52,13 @@ class FrameReader:
         out = bytes(self._data[self._pos : self._pos + n])
         self._pos += n
         return out
+
+    def checked_section(self) -> bytes:
+        (crc,) = self.unpack("I")
+        data = self.section()
+        if zlib.crc32(data) != crc:
+            raise PayloadError("frame section is corrupted (checksum mismatch)")
+        return data
 
     def done(self) -> None:
         if self._pos != len(self._data):

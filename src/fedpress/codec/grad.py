@@ -139,7 +139,7 @@ class GradCodec(BoundedCodec):
         w.pack("BdB", KIND_QUANTIZED, abs_eb, flags)
         if side is not None:
             write_side(w, side)
-        w.section(ans.finish())
+        w.checked_section(ans.finish())
         write_verbatim(w, q.verbatim_index, q.verbatim_value)
         memory = side.memory if side is not None else state.get("memory")
         _remember(state, q.recon, shape, memory)
@@ -179,7 +179,7 @@ class GradCodec(BoundedCodec):
         if flags & F_PREDICT:
             side = read_side(r, shape)
             pred, memory = update_memory(side, prev, memory, shape, self.ema_alpha)
-        ans = AnsReader(r.section())
+        ans = AnsReader(r.checked_section())
         if flags & (F_SCALES | F_SIGNBASIS) and not has_channel_scales(shape):
             raise PayloadError("channel contexts signalled for a tensor without channels")
         if flags & F_SIGNBASIS and not flags & F_KSIGN:
@@ -193,6 +193,7 @@ class GradCodec(BoundedCodec):
             codes = read_kernel_signs(ans, mags, shape, basis=bool(flags & F_SIGNBASIS))
         else:
             codes = read_signs(ans, mags)
+        ans.done()
         index, values = read_verbatim(r, n, dtype)
         r.done()
         recon = dequantize(codes, abs_eb, np.dtype(dtype), index, values, pred)

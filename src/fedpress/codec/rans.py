@@ -73,7 +73,7 @@ _NJ = dict(cache=True, nogil=True)
 
 
 # ------------------------------------------------------------------ rounding to the output dtype
-@njit(inline="always", **_NJ)
+@njit(**_NJ)
 def round_f16(v):
     """``v`` rounded to the nearest float16 (ties to even), returned as float64; inf past range.
 
@@ -93,7 +93,7 @@ def round_f16(v):
     return math.copysign(r, v)
 
 
-@njit(inline="always", **_NJ)
+@njit(**_NJ)
 def round_out(v, mode):
     if mode == MODE_F32:
         return np.float64(np.float32(v))
@@ -112,91 +112,176 @@ def round_f16_array(v):
 
 
 # ------------------------------------------------------------------ encoder passes
-@njit(**_NJ)
-def scan(x):
-    """(min, max, number of NaN/Inf) of a flat float array, one pass."""
-    n = x.size
-    mn = np.float64(x[0])
-    mx = mn
-    bad = 0
-    for j in range(n):
-        v = np.float64(x[j])
-        if v < mn:
-            mn = v
-        if v > mx:
-            mx = v
-        if v - v != 0.0:
-            bad += 1
-    return mn, mx, bad
+try:  # llvm.ctlz; the loop below is the fallback should numba move its intrinsic
+    from numba.cpython.unsafe.numbers import leading_zeros as _clz
+
+    @njit(**_NJ)
+    def _bit_length(z):
+        return 63 - _clz(np.uint64(z))  # floor(log2 z) for z >= 1
+
+except ImportError:  # pragma: no cover
+
+    @njit(**_NJ)
+    def _bit_length(z):
+        e = 0
+        while z >> e > 1:
+            e += 1
+        return e  # floor(log2 z) for z >= 1
 
 
-@njit(inline="always", **_NJ)
-def _bit_length(z):
-    e = 0
-    while z >> e > 1:
-        e += 1
-    return e  # floor(log2 z) for z >= 1
+#: marks an element that misses the bound (or overflows the code radius) in the code array.
+VERBATIM = np.uint32(0xFFFFFFFF)
 
 
 @njit(**_NJ)
-def quantize(x, step, inv_step, abs_eb, mode, rows, cols, inner, sym, vpos, raw, hist, rsum, csum):
-    """Fused quantizer + symbol mapper, one pass over ``x`` (flat, float32 or float64).
+def _quantize_span(x, step, inv_step, abs_eb, mode, zout, csum, per_col):
+    """One contiguous span (views, so that indices are known non-negative and loops vectorise).
+    Returns (sum of |q|, VERBATIM count); with ``per_col`` each |q| is also added to csum[t]."""
+    radius = float(CODE_RADIUS)
+    acc = np.int64(0)
+    nbad = np.int64(0)
+    for t in range(x.size):
+        v = np.float64(x[t])
+        qc = min(max(np.rint(v * inv_step), -radius), radius)  # NaN -> -radius, then fails
+        ok = abs(round_out(qc * step, mode) - v) <= abs_eb
+        q = np.int64(qc)
+        zout[t] = np.uint32((q << 1) ^ (q >> 63)) if ok else VERBATIM
+        a = abs(q) if ok else 0
+        acc += a
+        if per_col:
+            csum[t] += a
+        nbad += np.int64(not ok)
+    return acc, nbad
 
-    ``x`` is traversed as ``(rows, cols, inner)``; ``rsum``/``csum`` receive the sums of |q| per
-    row/column when ``rows > 1``. Returns (verbatim count, raw words used, non-finite count).
+
+@njit(**_NJ)
+def _quantize_body(x, step, inv_step, abs_eb, mode, rows, cols, inner, zout, rsum, csum):
+    """Row by row; column sums go per (column, inner) position first, then fold to columns."""
+    nbad = 0
+    rl = cols * inner
+    per_col = rows > 1
+    cexp = np.zeros(rl if per_col else 0, dtype=np.int64)
+    for o in range(rows):
+        base = o * rl
+        acc, nb = _quantize_span(
+            x[base : base + rl], step, inv_step, abs_eb, mode, zout[base : base + rl], cexp, per_col
+        )
+        nbad += nb
+        rsum[o] = acc
+    if per_col:
+        for i in range(cols):
+            t = np.int64(0)
+            for k in range(inner):
+                t += cexp[i * inner + k]
+            csum[i] = t
+    return nbad
+
+
+# One kernel per output mode: the mode is a compile-time constant, so the loops vectorise.
+@njit(**_NJ)
+def _quantize_f64(x, step, inv_step, abs_eb, rows, cols, inner, zout, rsum, csum):
+    return _quantize_body(x, step, inv_step, abs_eb, MODE_F64, rows, cols, inner, zout, rsum, csum)
+
+
+@njit(**_NJ)
+def _quantize_f32(x, step, inv_step, abs_eb, rows, cols, inner, zout, rsum, csum):
+    return _quantize_body(x, step, inv_step, abs_eb, MODE_F32, rows, cols, inner, zout, rsum, csum)
+
+
+@njit(**_NJ)
+def _quantize_f16(x, step, inv_step, abs_eb, rows, cols, inner, zout, rsum, csum):
+    return _quantize_body(x, step, inv_step, abs_eb, MODE_F16, rows, cols, inner, zout, rsum, csum)
+
+
+_QUANTIZERS = {MODE_F64: _quantize_f64, MODE_F32: _quantize_f32, MODE_F16: _quantize_f16}
+
+
+def quantize(x, step, inv_step, abs_eb, mode, rows, cols, inner, zout, rsum, csum):
+    """Codes of a flat float32/float64 array viewed as (rows, cols, inner), one pass.
+
+    ``zout`` gets the zigzag code of ``q = rint(x / step)``, or ``VERBATIM`` where the
+    reconstruction in the output dtype (computed exactly as the decoder does) misses the bound,
+    where ``|q|`` passes the code radius, or where ``x`` is NaN/Inf. The sums of ``|q|`` per row
+    and per column go to ``rsum``/``csum`` (int64). Returns the number of VERBATIM elements.
     """
+    return _QUANTIZERS[mode](x, step, inv_step, abs_eb, rows, cols, inner, zout, rsum, csum)
+
+
+@njit(nogil=True, cache=True)
+def _escape_put(z, raw, nraw, acc, nacc):
+    """Symbol of a large zigzag code; its low bits go to the raw stream."""
+    e = _bit_length(z)
+    s = N_DIRECT + 2 * (e - LOG_DIRECT) + ((z >> (e - 1)) & 1)
+    nb = e - 1
+    acc |= (z & ((np.int64(1) << nb) - 1)) << nacc
+    nacc += nb
+    if nacc >= 32:
+        raw[nraw] = np.uint32(acc & 0xFFFFFFFF)
+        nraw += 1
+        acc >>= 32
+        nacc -= 32
+    return s, nraw, acc, nacc
+
+
+_HSTRIDE = 128  # histogram row stride (>= ALPHABET)
+
+
+@njit(**_NJ)
+def _symbolize_span(z, sym, fidx, ro, cexp, use_f, start, vpos, nv, raw, nraw, acc, nacc, hist, hoff):
+    """Symbols of one row; the feature of position ``t`` is ``feature(ro, cexp[t])``.
+    ``hist`` is flat: [(t % 4) * hoff + feature * _HSTRIDE + symbol]."""
+    for t in range(z.size):
+        zz = z[t]
+        if zz < N_DIRECT:
+            s = np.int64(zz)
+        elif zz == VERBATIM:
+            vpos[nv] = start + t
+            nv += 1
+            s = np.int64(0)
+        else:
+            s, nraw, acc, nacc = _escape_put(np.int64(zz), raw, nraw, acc, nacc)
+        sym[t] = s
+        f = np.int64(0)
+        if use_f:
+            c = np.int64(cexp[t])
+            f = 0 if (ro == 0 or c == 0) else ro + c - 1
+            fidx[t] = f
+        hist[(t & 3) * hoff + f * _HSTRIDE + s] += 1
+    return nv, nraw, acc, nacc
+
+
+@njit(**_NJ)
+def symbolize(zin, rows, cols, inner, rlev, clev, use_f, sym, fidx, vpos, raw):
+    """Symbols, escape bits, verbatim positions, feature per element and the joint histogram
+    (as [feature, symbol]). Returns (verbatim count, raw words used, histogram)."""
+    nf = N_FEATURES if use_f else 1
+    hoff = nf * _HSTRIDE
+    hist = np.zeros(4 * hoff, dtype=np.int64)
     nv = 0
-    bad = 0
     acc = np.int64(0)
     nacc = 0
     nraw = 0
-    j = 0
-    radius = float(CODE_RADIUS)
+    rl = cols * inner
+    cexp = np.zeros(rl if use_f else 0, dtype=np.uint8)
+    for t in range(cexp.size):
+        cexp[t] = clev[t // inner]
     for o in range(rows):
-        rs = np.int64(0)
-        for i in range(cols):
-            cs = np.int64(0)
-            for _k in range(inner):
-                v = np.float64(x[j])
-                qf = np.rint(v * inv_step)
-                ok = abs(qf) <= radius
-                if ok:
-                    r = round_out(qf * step, mode)
-                    ok = abs(r - v) <= abs_eb
-                if not ok:
-                    if v - v != 0.0:
-                        bad += 1
-                    vpos[nv] = j
-                    nv += 1
-                    qf = 0.0
-                q = np.int64(qf)
-                z = (q << 1) ^ (q >> 63)
-                if z < N_DIRECT:
-                    s = z
-                else:
-                    e = _bit_length(z)
-                    s = N_DIRECT + 2 * (e - LOG_DIRECT) + ((z >> (e - 1)) & 1)
-                    nb = e - 1
-                    acc |= (z & ((np.int64(1) << nb) - 1)) << nacc
-                    nacc += nb
-                    if nacc >= 32:
-                        raw[nraw] = np.uint32(acc & 0xFFFFFFFF)
-                        nraw += 1
-                        acc >>= 32
-                        nacc -= 32
-                sym[j] = s
-                hist[j & 3, s] += 1
-                cs += abs(q)
-                j += 1
-            if rows > 1:
-                csum[i] += cs
-                rs += cs
-        if rows > 1:
-            rsum[o] += rs
+        base = o * rl
+        e = base + rl
+        ro = np.int64(rlev[o]) if use_f else np.int64(0)
+        nv, nraw, acc, nacc = _symbolize_span(
+            zin[base:e], sym[base:e], fidx[base:e] if use_f else fidx, ro, cexp, use_f,
+            base, vpos, nv, raw, nraw, acc, nacc, hist, hoff,
+        )
     if nacc > 0:
         raw[nraw] = np.uint32(acc & 0xFFFFFFFF)
         nraw += 1
-    return nv, nraw, bad
+    out = np.zeros((nf, ALPHABET), dtype=np.int64)
+    for k in range(4):
+        for f in range(nf):
+            for s in range(ALPHABET):
+                out[f, s] += hist[k * hoff + f * _HSTRIDE + s]
+    return nv, nraw, out
 
 
 @njit(**_NJ)
@@ -218,25 +303,11 @@ def scale_levels(sums, count):
     return out
 
 
-@njit(inline="always", **_NJ)
+@njit(**_NJ)
 def feature(r, c):
     if r == 0 or c == 0:
         return 0
     return np.int64(r) + np.int64(c) - 1
-
-
-@njit(**_NJ)
-def features(sym, rows, cols, inner, rlev, clev, fidx, hist2):
-    """Feature index per element and the joint (feature, symbol) histogram."""
-    j = 0
-    for o in range(rows):
-        ro = rlev[o]
-        for i in range(cols):
-            f = feature(ro, clev[i])
-            for _k in range(inner):
-                fidx[j] = f
-                hist2[j & 3, f, sym[j]] += 1
-                j += 1
 
 
 @njit(**_NJ)
@@ -393,7 +464,7 @@ def normalize(counts):
     return freq
 
 
-@njit(inline="always", **_NJ)
+@njit(**_NJ)
 def _round_sig(f, sig):
     nb = _bit_length(f) + 1
     if nb <= sig:
@@ -440,7 +511,7 @@ def sparse_table(counts, freq):
 
 
 # ------------------------------------------------------------------ side-info bit stream
-@njit(inline="always", **_NJ)
+@njit(**_NJ)
 def _put(buf, st, value, nb):
     """Append ``nb`` (<= 32) bits LSB first; st = [bit position]."""
     p = st[0]
@@ -450,7 +521,7 @@ def _put(buf, st, value, nb):
     st[0] = p + nb
 
 
-@njit(inline="always", **_NJ)
+@njit(**_NJ)
 def _get(buf, st, nb):
     """Read ``nb`` (<= 32) bits; -1 when the buffer is too short."""
     p = st[0]
@@ -601,17 +672,46 @@ def cumulative(freqs):
     return cums
 
 
-@njit(inline="always", **_NJ)
-def _enc(x, f, b, words, pos):
-    if x >= (f << (32 - PROB_BITS)):  # ((RANS_L >> PROB_BITS) << 16) * f
-        pos -= 1
-        words[pos] = np.uint16(x & 0xFFFF)
-        x >>= 16
-    return ((x // f) << PROB_BITS) + (x % f) + b, pos
+_U = np.uint64
+#: fixed-point shift of the encoder's reciprocals (see ``encoder_table``).
+RCP_SHIFT = 44
+_TAB_STRIDE = 128  # >= ALPHABET
 
 
 @njit(**_NJ)
-def rans_encode(sym, fidx, cmap, use_ctx, pre, pre_table, freqs, cums):
+def encoder_table(freqs, cums):
+    """Per (table, symbol): the reciprocal ``ceil(2**44 / f)`` and ``f | cum << 16``.
+
+    Division-free encoding: before a symbol is encoded the state is below ``f << 20``, so with
+    ``e = 2**44 mod* f < f`` the error ``x * e / 2**44`` stays below ``2**20 * f**2 / 2**44 <= 1``
+    for ``f <= 4096``, hence ``(x * rcp) >> 44 == x // f`` exactly, and ``x * rcp < 2**64``.
+    """
+    nt, na = freqs.shape
+    tab = np.zeros(nt * _TAB_STRIDE * 2, dtype=np.uint64)
+    for c in range(nt):
+        for s in range(na):
+            f = freqs[c, s]
+            if f > 0:
+                i = 2 * (c * _TAB_STRIDE + s)
+                tab[i] = _U(((np.int64(1) << RCP_SHIFT) + f - 1) // f)
+                tab[i + 1] = _U(f | (cums[c, s] << 16))
+    return tab
+
+
+@njit(**_NJ)
+def _enc(x, rcp, fc, words, pos):
+    """Encode one symbol into state ``x`` (uint64); branch-free 16-bit renormalisation."""
+    f = fc & _U(0xFFFF)
+    need = x >= (f << _U(32 - PROB_BITS))
+    words[pos - 1] = np.uint16(x & _U(0xFFFF))
+    pos -= np.int64(need)
+    x = (x >> _U(16)) if need else x
+    q = (x * rcp) >> _U(RCP_SHIFT)
+    return x + q * (_U(PROB_SCALE) - f) + (fc >> _U(16)), pos
+
+
+@njit(**_NJ)
+def rans_encode(sym, fidx, cmap, use_ctx, pre, pre_table, tab):
     """Encode ``pre`` (decoded first, all with table ``pre_table``) then ``sym``.
 
     Element ``j`` uses state ``j % 4`` and context ``cmap[fidx[j]]`` (0 without contexts);
@@ -619,43 +719,39 @@ def rans_encode(sym, fidx, cmap, use_ctx, pre, pre_table, freqs, cums):
     """
     n = sym.size
     words = np.empty(n + pre.size + 2 * N_STATES + 8, dtype=np.uint16)
-    pos = words.size
-    xs = np.full(N_STATES, RANS_L, dtype=np.int64)
-    x0 = np.int64(RANS_L)
-    x1 = x0
-    x2 = x0
-    x3 = x0
+    pos = np.int64(words.size)
+    xs = np.full(N_STATES, RANS_L, dtype=np.uint64)
     nb4 = n - (n & 3)
     for j in range(n - 1, nb4 - 1, -1):  # tail, states j & 3
-        c = cmap[fidx[j]] if use_ctx else 0
-        s = sym[j]
-        xs[j & 3], pos = _enc(xs[j & 3], freqs[c, s], cums[c, s], words, pos)
+        c = np.int64(cmap[fidx[j]]) if use_ctx else 0
+        i = 2 * (c * _TAB_STRIDE + np.int64(sym[j]))
+        xs[j & 3], pos = _enc(xs[j & 3], tab[i], tab[i + 1], words, pos)
     x0, x1, x2, x3 = xs[0], xs[1], xs[2], xs[3]
     for j in range(nb4 - 4, -1, -4):
         if use_ctx:
-            c3 = cmap[fidx[j + 3]]
-            c2 = cmap[fidx[j + 2]]
-            c1 = cmap[fidx[j + 1]]
-            c0 = cmap[fidx[j]]
+            c3 = np.int64(cmap[fidx[j + 3]]) * _TAB_STRIDE
+            c2 = np.int64(cmap[fidx[j + 2]]) * _TAB_STRIDE
+            c1 = np.int64(cmap[fidx[j + 1]]) * _TAB_STRIDE
+            c0 = np.int64(cmap[fidx[j]]) * _TAB_STRIDE
         else:
             c3 = c2 = c1 = c0 = 0
-        s3 = sym[j + 3]
-        s2 = sym[j + 2]
-        s1 = sym[j + 1]
-        s0 = sym[j]
-        x3, pos = _enc(x3, freqs[c3, s3], cums[c3, s3], words, pos)
-        x2, pos = _enc(x2, freqs[c2, s2], cums[c2, s2], words, pos)
-        x1, pos = _enc(x1, freqs[c1, s1], cums[c1, s1], words, pos)
-        x0, pos = _enc(x0, freqs[c0, s0], cums[c0, s0], words, pos)
+        i3 = 2 * (c3 + np.int64(sym[j + 3]))
+        i2 = 2 * (c2 + np.int64(sym[j + 2]))
+        i1 = 2 * (c1 + np.int64(sym[j + 1]))
+        i0 = 2 * (c0 + np.int64(sym[j]))
+        x3, pos = _enc(x3, tab[i3], tab[i3 + 1], words, pos)
+        x2, pos = _enc(x2, tab[i2], tab[i2 + 1], words, pos)
+        x1, pos = _enc(x1, tab[i1], tab[i1 + 1], words, pos)
+        x0, pos = _enc(x0, tab[i0], tab[i0 + 1], words, pos)
     xs[0], xs[1], xs[2], xs[3] = x0, x1, x2, x3
     for t in range(pre.size - 1, -1, -1):
-        s = pre[t]
-        xs[t & 3], pos = _enc(xs[t & 3], freqs[pre_table, s], cums[pre_table, s], words, pos)
+        i = 2 * (pre_table * _TAB_STRIDE + np.int64(pre[t]))
+        xs[t & 3], pos = _enc(xs[t & 3], tab[i], tab[i + 1], words, pos)
     for k in range(N_STATES - 1, -1, -1):
         pos -= 1
-        words[pos] = np.uint16(xs[k] & 0xFFFF)
+        words[pos] = np.uint16(xs[k] & _U(0xFFFF))
         pos -= 1
-        words[pos] = np.uint16(xs[k] >> 16)
+        words[pos] = np.uint16(xs[k] >> _U(16))
     return words[pos:].copy()
 
 
@@ -673,13 +769,13 @@ def build_lut(freqs, cums):
     return lut
 
 
-@njit(inline="always", **_NJ)
+@njit(**_NJ)
 def _dec(x, base, lut):
     e = np.int64(lut[base + (x & PROB_MASK)])
     return ((e >> 8) & PROB_MASK) * (x >> PROB_BITS) + (e >> 20), e & 0xFF
 
 
-@njit(inline="always", **_NJ)
+@njit(**_NJ)
 def _renorm(x, words, pos):
     """Branch-free 16-bit refill; ``words`` is padded, the caller checks ``pos`` afterwards."""
     w = np.int64(words[pos])
@@ -688,27 +784,32 @@ def _renorm(x, words, pos):
     return x, pos + np.int64(need)
 
 
-@njit(nogil=True, cache=True)
-def _escape(s, raw, rpos, acc, nacc, step, mode):
-    """Value of an escape symbol (exponent class + raw bits): (value, rpos, acc, nacc, err)."""
-    if s < N_DIRECT:
-        return 0.0, rpos, acc, nacc, ERR_CODE  # not reached: callers pass escapes only
-    idx = s - N_DIRECT
-    e = LOG_DIRECT + (idx >> 1)
-    nb = e - 1
-    if nacc < nb:
-        if rpos >= raw.size:
-            return 0.0, rpos, acc, nacc, ERR_RAW
-        acc |= np.int64(raw[rpos]) << nacc
-        nacc += 32
-        rpos += 1
-    z = (np.int64(1) << e) | (np.int64(idx & 1) << (e - 1)) | (acc & ((np.int64(1) << nb) - 1))
-    acc >>= nb
-    nacc -= nb
-    if z > 2 * CODE_RADIUS:
-        return 0.0, rpos, acc, nacc, ERR_CODE
+@njit(**_NJ)
+def symbol_tables():
+    """Per symbol: the zigzag code it starts at and its number of raw bits."""
+    zbase = np.zeros(ALPHABET, dtype=np.int64)
+    nbits = np.zeros(ALPHABET, dtype=np.int64)
+    for s in range(ALPHABET):
+        if s < N_DIRECT:
+            zbase[s] = s
+        else:
+            idx = s - N_DIRECT
+            e = LOG_DIRECT + (idx >> 1)
+            zbase[s] = (np.int64(1) << e) | (np.int64(idx & 1) << (e - 1))
+            nbits[s] = e - 1
+    return zbase, nbits
+
+
+@njit(**_NJ)
+def _general(s, raw, bitpos, zbase, nbits, step, mode):
+    """Value of any symbol, reading its raw bits without branches (``raw`` is padded; the caller
+    checks ``bitpos`` afterwards). Returns (value, new bit position, zigzag code)."""
+    nb = nbits[s]
+    p = bitpos >> 5
+    w = np.int64(raw[p]) | (np.int64(raw[p + 1]) << 32)
+    z = zbase[s] + ((w >> (bitpos & 31)) & ((np.int64(1) << nb) - 1))
     q = (z >> 1) ^ -(z & 1)
-    return round_out(np.float64(q) * step, mode), rpos, acc, nacc, OK
+    return round_out(np.float64(q) * step, mode), bitpos + nb, z
 
 
 @njit(**_NJ)
@@ -734,12 +835,14 @@ def rans_decode(words_in, raw, lut, n_ctx, cmap, rows, cols, inner, step, mode, 
     for z in range(N_DIRECT):
         q = (z >> 1) ^ -(z & 1)
         vlut[z] = round_out(np.float64(q) * step, mode)
-    rpos = 0
-    acc = np.int64(0)
-    nacc = 0
-    err = OK
+    zbase, nbits = symbol_tables()
+    rawp = np.zeros(raw.size + 2 * N_STATES + 2, dtype=np.uint32)  # padding: branch-free reads
+    rawp[: raw.size] = raw
+    nbits_total = np.int64(raw.size) * 32
+    bitpos = np.int64(0)
+    zmax = np.int64(0)
     use_ctx = n_ctx > 1
-    ctx = np.zeros(n if use_ctx else 0, dtype=np.uint8)
+    ctx = np.empty(n if use_ctx else 0, dtype=np.uint8)
     if use_ctx:
         # channel scales come first, decoded with the last table
         base = n_ctx * PROB_SCALE
@@ -754,13 +857,16 @@ def rans_decode(words_in, raw, lut, n_ctx, cmap, rows, cols, inner, step, mode, 
             if s >= SCALE_LEVELS:
                 return ERR_SCALE
             lev[t] = s
-        j = 0
-        for o in range(rows):
+        # the contexts of a row depend on its level only: build one row per level, then copy
+        rl = cols * inner
+        crow = np.zeros((SCALE_LEVELS, rl), dtype=np.uint8)
+        for r in range(SCALE_LEVELS):
             for i in range(cols):
-                c = cmap[feature(lev[o], lev[rows + i])]
-                for _k in range(inner):
-                    ctx[j] = c
-                    j += 1
+                c = cmap[feature(r, lev[rows + i])]
+                for k in range(inner):
+                    crow[r, i * inner + k] = c
+        for o in range(rows):
+            ctx[o * rl : (o + 1) * rl] = crow[lev[o]]
     x0, x1, x2, x3 = xs[0], xs[1], xs[2], xs[3]
     nb4 = n - (n & 3)
     for j in range(0, nb4, 4):
@@ -787,14 +893,17 @@ def rans_decode(words_in, raw, lut, n_ctx, cmap, rows, cols, inner, step, mode, 
             out[j + 2] = vlut[s2]
             out[j + 3] = vlut[s3]
         else:
-            for t, s in ((0, s0), (1, s1), (2, s2), (3, s3)):
-                if s < N_DIRECT:
-                    out[j + t] = vlut[s]
-                else:
-                    v, rpos, acc, nacc, err = _escape(s, raw, rpos, acc, nacc, step, mode)
-                    if err != OK:
-                        return err
-                    out[j + t] = v
+            v0, bitpos, z0 = _general(s0, rawp, bitpos, zbase, nbits, step, mode)
+            v1, bitpos, z1 = _general(s1, rawp, bitpos, zbase, nbits, step, mode)
+            v2, bitpos, z2 = _general(s2, rawp, bitpos, zbase, nbits, step, mode)
+            v3, bitpos, z3 = _general(s3, rawp, bitpos, zbase, nbits, step, mode)
+            out[j] = v0
+            out[j + 1] = v1
+            out[j + 2] = v2
+            out[j + 3] = v3
+            zmax = max(zmax, max(max(z0, z1), max(z2, z3)))
+            if bitpos > nbits_total:
+                return ERR_RAW
     xs[0], xs[1], xs[2], xs[3] = x0, x1, x2, x3
     for j in range(nb4, n):
         k = j & 3
@@ -803,16 +912,18 @@ def rans_decode(words_in, raw, lut, n_ctx, cmap, rows, cols, inner, step, mode, 
         if pos > nw:
             return ERR_WORDS
         xs[k] = x
-        if s < N_DIRECT:
-            out[j] = vlut[s]
-        else:
-            v, rpos, acc, nacc, err = _escape(s, raw, rpos, acc, nacc, step, mode)
-            if err != OK:
-                return err
-            out[j] = v
+        v, bitpos, z = _general(s, rawp, bitpos, zbase, nbits, step, mode)
+        out[j] = v
+        zmax = max(zmax, z)
+        if bitpos > nbits_total:
+            return ERR_RAW
+    if zmax > 2 * CODE_RADIUS:
+        return ERR_CODE
     for k in range(N_STATES):
         if xs[k] != RANS_L:
             return ERR_FINAL
-    if pos != nw or rpos != raw.size or acc != 0 or nacc >= 32:
+    if pos != nw or (bitpos + 31) >> 5 != raw.size:
         return ERR_FINAL
+    if bitpos & 31 and np.int64(rawp[bitpos >> 5]) >> (bitpos & 31) != 0:
+        return ERR_FINAL  # padding bits must be zero
     return OK

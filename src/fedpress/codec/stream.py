@@ -146,11 +146,17 @@ class StreamEncoder:
         self.states = {k: dict(v) for k, v in sd["states"].items()}
 
 
+#: default cap on one decoded tensor: a forged header must not make the receiver allocate
+#: (or spend minutes decoding) more than this; raise it for models with bigger tensors.
+MAX_TENSOR_BYTES = 2 * 1024**3
+
+
 class StreamDecoder:
     """Receiver side of a stream; refuses payloads that do not continue its state."""
 
-    def __init__(self, stream_id: str | None = None) -> None:
+    def __init__(self, stream_id: str | None = None, max_tensor_bytes: int = MAX_TENSOR_BYTES) -> None:
         self.stream_id = stream_id
+        self.max_tensor_bytes = max_tensor_bytes
         self.expected_seq: int | None = None
         self.states: dict[str, LayerState] = {}
         self.last_meta: dict[str, Any] = {}
@@ -169,14 +175,22 @@ class StreamDecoder:
                 codec = get_codec(entry.codec, **entry.params)
             except CodecError as exc:
                 raise PayloadError(f"tensor {entry.name!r}: {exc}") from None
-            compute_dtype = "float32" if entry.dtype == "bfloat16" else entry.dtype
+            compute_dtype = np.dtype("float32" if entry.dtype == "bfloat16" else entry.dtype)
+            nbytes = int(np.prod(entry.shape)) * compute_dtype.itemsize
+            if nbytes > self.max_tensor_bytes:
+                raise PayloadError(
+                    f"tensor {entry.name!r} declares {nbytes} bytes, over this decoder's limit "
+                    f"of {self.max_tensor_bytes} (max_tensor_bytes)"
+                )
             state = dict(new_states.get(entry.name, {})) if codec.stateful else None
             try:
-                x = codec.decode(frame, entry.shape, np.dtype(compute_dtype), state)
+                x = codec.decode(frame, entry.shape, compute_dtype, state)
             except StreamStateError as exc:
                 raise StreamStateError(f"tensor {entry.name!r}: {exc}") from None
             except PayloadError as exc:
                 raise PayloadError(f"tensor {entry.name!r}: {exc}") from None
+            except MemoryError:
+                raise PayloadError(f"tensor {entry.name!r}: too large to decode here") from None
             if codec.stateful:
                 new_states[entry.name] = state
             else:
@@ -197,6 +211,11 @@ class StreamDecoder:
         if self.stream_id is not None and s["id"] != self.stream_id:
             raise StreamStateError(f"payload of stream {s['id']!r} sent to decoder of {self.stream_id!r}")
         if s.get("keyframe"):
+            if self.expected_seq is not None and s["seq"] < self.expected_seq:
+                raise StreamStateError(
+                    f"stream {s['id']!r}: keyframe {s['seq']} is older than the stream's position "
+                    f"{self.expected_seq} (a replay)"
+                )
             return {}
         if self.expected_seq is not None and s["seq"] != self.expected_seq:
             raise StreamStateError(

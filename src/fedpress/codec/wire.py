@@ -13,6 +13,7 @@ or malformed is refused with a ``PayloadError`` that says what was wrong.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ MAGIC = b"FPZ\x00"
 VERSION = 1
 _PREFIX = struct.Struct("<4sHHII")
 _MAX_HEADER = 64 * 1024 * 1024
+#: largest tensor a payload may declare (2**34 elements); decoders apply a byte budget too.
+MAX_ELEMENTS = 2**34
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8",
           "uint8", "bool")
 
@@ -74,11 +77,13 @@ def unpack(payload: bytes) -> Envelope:
     data = memoryview(payload)
     if len(data) < _PREFIX.size:
         raise PayloadError(f"payload is {len(data)} bytes, shorter than the {_PREFIX.size}-byte prefix")
-    magic, version, _, hlen, hcrc = _PREFIX.unpack_from(data, 0)
+    magic, version, reserved, hlen, hcrc = _PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
         raise PayloadError("not a fedpress payload (bad magic bytes)")
     if version != VERSION:
         raise PayloadError(f"payload format version {version} is not supported (this is {VERSION})")
+    if reserved != 0:
+        raise PayloadError(f"payload prefix has reserved bits set ({reserved:#x}): corrupted")
     if hlen > _MAX_HEADER or _PREFIX.size + hlen > len(data):
         raise PayloadError("payload is truncated inside its header")
     hbytes = bytes(data[_PREFIX.size : _PREFIX.size + hlen])
@@ -136,6 +141,7 @@ def _validate_header(header: Any) -> list[TensorEntry]:
         ok = (
             isinstance(entry.name, str) and entry.dtype in DTYPES
             and all(isinstance(d, int) and 0 <= d < 2**40 for d in entry.shape)
+            and math.prod(entry.shape) <= MAX_ELEMENTS
             and isinstance(entry.length, int) and entry.length >= 0 and isinstance(entry.crc32, int)
         )
         if not ok:

@@ -1,0 +1,80 @@
+"""Shared plumbing of the ``bench_fl_*`` benchmarks: provenance, parallel runs, JSON output.
+
+Not a benchmark itself. Every result file records the exact command, the git commit and the
+machine, so a number can always be traced back to what produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SCRATCH = RESULTS / "tmp"  # run directories (git-ignored)
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def git_commit() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    commit = git("rev-parse", "HEAD") or "unknown (no commit yet)"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"commit": commit, "dirty": dirty}
+
+
+def machine_info() -> dict[str, Any]:
+    import numpy
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+        "torch_threads_per_run": 1,
+    }
+
+
+def provenance() -> dict[str, Any]:
+    return {"command": command_line(), "git": git_commit(), "machine": machine_info()}
+
+
+def run_parallel(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int) -> list[Any]:
+    """``[fn(j) for j in jobs]`` over ``workers`` spawned processes (order kept)."""
+    jobs = list(jobs)
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(j) for j in jobs]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        return pool.map(fn, jobs, chunksize=1)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt

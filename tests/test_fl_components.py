@@ -1,0 +1,118 @@
+"""Codec adapter, raw packing, client profiles and the round-trip time model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedpress.codec.errors import CodecError, PayloadError
+from fedpress.fl import rawpack
+from fedpress.fl.codec_adapter import CodecSpec, decode_update, encode_update, make_decoder, make_encoder
+from fedpress.fl.profiles import ClientProfile, TimingModel, load_trace, make_profiles, round_trip
+
+
+def tensors(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "conv.weight": rng.standard_normal((8, 4, 3, 3)).astype(np.float32),
+        "conv.bias": rng.standard_normal(8).astype(np.float32),
+        "fc.weight": rng.standard_normal((10, 300)).astype(np.float32) * 0.01,
+    }
+
+
+def test_rawpack_roundtrip_and_refusals():
+    t = tensors()
+    out = rawpack.unpack(rawpack.pack(t))
+    assert list(out) == list(t)
+    for k in t:
+        assert np.array_equal(out[k], t[k]) and out[k].dtype == t[k].dtype
+    payload = rawpack.pack(t)
+    with pytest.raises(PayloadError, match="truncated"):
+        rawpack.unpack(payload[:-5])
+    with pytest.raises(PayloadError, match="trailing"):
+        rawpack.unpack(payload + b"x")
+    with pytest.raises(PayloadError, match="magic"):
+        rawpack.unpack(b"nope" + payload)
+    with pytest.raises(PayloadError):
+        rawpack.unpack(rawpack.MAGIC + b"\xff\x00\x00\x00garbage")
+
+
+@pytest.mark.parametrize("name", ["none", "lossless"])
+def test_lossless_links_are_exact(name):
+    enc, dec = make_encoder(CodecSpec(name), "c0/up"), make_decoder()
+    t = tensors()
+    for _ in range(2):
+        payload, stats = encode_update(enc, t)
+        assert stats.raw_bytes == sum(v.nbytes for v in t.values())
+        assert stats.encoded_bytes == len(payload)
+        out, secs = decode_update(dec, payload)
+        assert secs >= 0
+        for k in t:
+            assert np.array_equal(out[k], t[k])
+
+
+def test_lossy_link_respects_its_bound_and_compresses():
+    spec = CodecSpec("grad", "rel", 1e-2)
+    enc, dec = make_encoder(spec, "c1/up"), make_decoder()
+    for r in range(3):  # stateful: several payloads of the same stream in order
+        t = tensors(r)
+        payload, stats = encode_update(enc, t)
+        out, _ = decode_update(dec, payload)
+        w = t["fc.weight"]
+        bound = 1e-2 * float(w.max() - w.min())
+        assert np.abs(out["fc.weight"] - w).max() <= bound * (1 + 1e-5)
+        assert stats.encoded_bytes < stats.raw_bytes
+
+
+def test_unknown_codec_is_a_clear_error():
+    with pytest.raises(CodecError, match="unknown codec"):
+        make_encoder(CodecSpec("nosuchcodec"), "c0/up")
+
+
+def test_profiles_are_deterministic_and_follow_the_config():
+    from fedpress.config import ClientsConfig
+
+    cfg = ClientsConfig.model_validate(
+        {
+            "compute": {"dist": "lognormal", "s_per_sample": 0.01, "sigma": 0.5},
+            "network": {"tiers": [{"up_mbps": 1, "down_mbps": 2, "weight": 1},
+                                  {"up_mbps": 100, "down_mbps": 200, "weight": 3}]},
+        }
+    )
+    a, b = make_profiles(400, cfg, seed=5), make_profiles(400, cfg, seed=5)
+    assert a == b and make_profiles(400, cfg, seed=6) != a
+    speeds = np.array([p.s_per_sample for p in a])
+    assert np.median(speeds) == pytest.approx(0.01, rel=0.15)
+    fast = sum(p.up_mbps == 100 for p in a) / len(a)
+    assert 0.65 < fast < 0.85  # weight 3 of 4
+    const = ClientsConfig.model_validate({"compute": {"dist": "constant", "s_per_sample": 0.2}})
+    assert {p.s_per_sample for p in make_profiles(5, const, 0)} == {0.2}
+
+
+def test_trace_profiles(tmp_path):
+    from fedpress.config import ClientsConfig
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text("client_id,s_per_sample,up_mbps\n1,0.5,3\n0,0.25,\n")
+    rows = load_trace(trace)
+    assert rows == [{"s_per_sample": 0.25}, {"s_per_sample": 0.5, "up_mbps": 3.0}]
+    cfg = ClientsConfig.model_validate({"compute": {"dist": "trace", "trace": str(trace)}})
+    ps = make_profiles(3, cfg, 0)
+    assert [p.s_per_sample for p in ps] == [0.25, 0.5, 0.25]
+    assert ps[1].up_mbps == 3.0 and ps[0].up_mbps == 10.0
+    with pytest.raises(ValueError, match="does not exist"):
+        load_trace(tmp_path / "missing.csv")
+
+
+def test_round_trip_arithmetic():
+    p = ClientProfile(0, s_per_sample=0.01, up_mbps=8.0, down_mbps=16.0, latency_s=0.1)
+    rt = round_trip(p, bytes_down=2_000_000, bytes_up=1_000_000, samples=50, decode_s=0.2, encode_s=0.3)
+    assert rt["download_s"] == pytest.approx(1.0 + 0.1)
+    assert rt["upload_s"] == pytest.approx(1.0 + 0.1)
+    assert rt["compute_s"] == pytest.approx(0.5)
+    assert rt["total_s"] == pytest.approx(1.1 + 0.2 + 0.5 + 0.3 + 1.1)
+    modeled = TimingModel("modeled", codec_mb_per_s=50)
+    assert modeled.codec_seconds(100_000_000, measured_s=123.0) == pytest.approx(2.0)
+    assert TimingModel("measured").codec_seconds(1, measured_s=0.7) == 0.7
+    with pytest.raises(ValueError):
+        TimingModel("sometimes")
