@@ -7,7 +7,13 @@ import pytest
 
 from fedpress.codec.errors import CodecError, PayloadError
 from fedpress.fl import rawpack
-from fedpress.fl.codec_adapter import CodecSpec, decode_update, encode_update, make_decoder, make_encoder
+from fedpress.fl.codec_adapter import (
+    CodecSpec,
+    decode_update,
+    encode_update,
+    make_decoder,
+    make_encoder,
+)
 from fedpress.fl.profiles import ClientProfile, TimingModel, load_trace, make_profiles, round_trip
 
 

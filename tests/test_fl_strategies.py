@@ -116,11 +116,11 @@ def test_fedbuff_with_k_equal_cohort_equals_fedavg_exactly():
     ctx_a = ctx_with(params, num_clients=4)
     avg = FedAvg(ServerSGD(0.7))
     cohort = avg.select(ctx_a, None)
-    for c, d in zip(cohort, deltas):
+    for c, d in zip(cohort, deltas, strict=True):
         avg.accept(upd(c, d, n=50), ctx_a)
     ctx_b = ctx_with(params, num_clients=4)
     buff = FedBuff(K=4, optimizer=ServerSGD(0.7), staleness=get_staleness("constant"))
-    for c, d in zip(cohort, deltas):
+    for c, d in zip(cohort, deltas, strict=True):
         assert not buff.ready(ctx_b)
         buff.accept(upd(c, d, n=50), ctx_b)
     assert avg.ready(ctx_a) and buff.ready(ctx_b)

@@ -45,6 +45,8 @@ from .linear import (
 
 #: smallest tensor for which channel-scale contexts are tried (side info and table cost).
 MIN_CONTEXT_ELEMENTS = 4096
+#: one more context allowed per this many elements (2 to rans.MAX_CTX).
+CONTEXT_ELEMENTS = 8192
 #: contexts must save at least this share of the estimated bits to be used.
 CONTEXT_MARGIN = 0.005
 
@@ -130,16 +132,11 @@ class FastCodec(BoundedCodec):
         n_ctx, cmap, starts, pre = 1, _ZERO_CMAP, np.zeros(0, np.int64), _EMPTY_U8
         counts = h2.sum(axis=0)[None, :]
         if use_f:
-            ctx = _contexts(h2, rlev, clev)
+            ctx = _contexts(h2, rlev, clev, max_contexts(n))
             if ctx is not None:
                 n_ctx, cmap, starts, pre, counts = ctx
 
-        n_tab = counts.shape[0]
-        freqs = np.zeros((n_tab, rans.ALPHABET), dtype=np.int64)
-        sigs = np.zeros(n_tab, dtype=np.int64)
-        bigs = np.zeros(n_tab, dtype=np.int64)
-        for c in range(n_tab):
-            freqs[c], sigs[c], bigs[c] = rans.sparse_table(counts[c], rans.normalize(counts[c]))
+        freqs, sigs, bigs = rans.build_tables(counts)
         meta = rans.write_meta(freqs, sigs, bigs, starts)
         tab = rans.encoder_table(freqs, rans.cumulative(freqs))
         words = rans.rans_encode(sym, fidx, cmap, n_ctx > 1, pre, n_ctx, tab)
@@ -218,9 +215,14 @@ class FastCodec(BoundedCodec):
         return out.reshape(shape)
 
 
-def _contexts(h2, rlev, clev):
+def max_contexts(n: int) -> int:
+    """More contexts for larger tensors: each one costs a table and a decoder lookup block."""
+    return int(min(rans.MAX_CTX, max(2, n // CONTEXT_ELEMENTS)))
+
+
+def _contexts(h2, rlev, clev, max_ctx):
     """Channel-scale contexts when they pay for their side info, else None."""
-    one, best, starts = rans.choose_contexts(h2, rans.MAX_CTX)
+    one, best, starts = rans.choose_contexts(h2, max_ctx)
     if starts.size == 0:
         return None
     pre = np.concatenate([rlev, clev])

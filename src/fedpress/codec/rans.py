@@ -207,39 +207,34 @@ def quantize(x, step, inv_step, abs_eb, mode, rows, cols, inner, zout, rsum, csu
     return _QUANTIZERS[mode](x, step, inv_step, abs_eb, rows, cols, inner, zout, rsum, csum)
 
 
-@njit(nogil=True, cache=True)
-def _escape_put(z, raw, nraw, acc, nacc):
-    """Symbol of a large zigzag code; its low bits go to the raw stream."""
-    e = _bit_length(z)
-    s = N_DIRECT + 2 * (e - LOG_DIRECT) + ((z >> (e - 1)) & 1)
-    nb = e - 1
-    acc |= (z & ((np.int64(1) << nb) - 1)) << nacc
-    nacc += nb
-    if nacc >= 32:
-        raw[nraw] = np.uint32(acc & 0xFFFFFFFF)
-        nraw += 1
-        acc >>= 32
-        nacc -= 32
-    return s, nraw, acc, nacc
-
-
 _HSTRIDE = 128  # histogram row stride (>= ALPHABET)
 
 
 @njit(**_NJ)
 def _symbolize_span(z, sym, fidx, ro, cexp, use_f, start, vpos, nv, raw, nraw, acc, nacc, hist, hoff):
     """Symbols of one row; the feature of position ``t`` is ``feature(ro, cexp[t])``.
-    ``hist`` is flat: [(t % 4) * hoff + feature * _HSTRIDE + symbol]."""
+
+    Codes below N_DIRECT are their own symbol; larger ones become an exponent class and
+    ``e - 1`` raw bits, written without branches (``raw`` has a spare word). ``hist`` is flat:
+    [(t % 4) * hoff + feature * _HSTRIDE + symbol].
+    """
     for t in range(z.size):
-        zz = z[t]
-        if zz < N_DIRECT:
-            s = np.int64(zz)
-        elif zz == VERBATIM:
+        zz = np.int64(z[t])
+        if zz == np.int64(VERBATIM):
             vpos[nv] = start + t
             nv += 1
-            s = np.int64(0)
-        else:
-            s, nraw, acc, nacc = _escape_put(np.int64(zz), raw, nraw, acc, nacc)
+            zz = np.int64(0)
+        e = max(_bit_length(zz | 1), 1)
+        big = zz >= N_DIRECT
+        s = (N_DIRECT + 2 * (e - LOG_DIRECT) + ((zz >> (e - 1)) & 1)) if big else zz
+        nb = (e - 1) if big else 0
+        acc |= (zz & ((np.int64(1) << nb) - 1)) << nacc
+        nacc += nb
+        raw[nraw] = np.uint32(acc & 0xFFFFFFFF)
+        adv = nacc >= 32
+        nraw += np.int64(adv)
+        acc = (acc >> 32) if adv else acc
+        nacc -= 32 if adv else 0
         sym[t] = s
         f = np.int64(0)
         if use_f:
@@ -440,27 +435,28 @@ def normalize(counts):
         freq[1] = 1
         return freq
     acc = 0
+    big = 0
     for s in range(na):
         if counts[s] > 0:
             f = (2 * counts[s] * PROB_SCALE + tot) // (2 * tot)
             freq[s] = max(1, f)
             acc += freq[s]
+            if freq[s] > freq[big]:
+                big = s
     diff = PROB_SCALE - acc
-    while diff != 0:
+    if freq[big] + diff >= 1:  # the usual case: the largest absorbs the rounding
+        freq[big] += diff
+        diff = 0
+    while diff < 0:  # many forced ones: take from the largest, one at a time
         big = 0
         for s in range(na):
             if freq[s] > freq[big]:
                 big = s
-        if diff > 0:
-            freq[big] += diff
-            diff = 0
-        else:
-            freq[big] -= 1
-            diff += 1
-    for s in range(na):
-        if freq[s] >= PROB_SCALE:  # one symbol only: lend one slot to a neighbour
-            freq[s] = PROB_SCALE - 1
-            freq[s + 1 if s + 1 < na else s - 1] = 1
+        freq[big] -= 1
+        diff += 1
+    if freq[big] >= PROB_SCALE:  # one symbol only: lend one slot to a neighbour
+        freq[big] = PROB_SCALE - 1
+        freq[big + 1 if big + 1 < na else big - 1] = 1
     return freq
 
 
@@ -480,34 +476,53 @@ def sparse_table(counts, freq):
     table bits."""
     na = counts.size
     big = 0
+    used = np.empty(na, dtype=np.int64)
+    m = 0
     for s in range(na):
-        if freq[s] > freq[big]:
-            big = s
+        if freq[s] > 0:
+            used[m] = s
+            m += 1
+            if freq[s] > freq[big]:
+                big = s
     best_cost = np.inf
     best_sig = 12
     best = freq.copy()
+    t = freq.copy()
     for sig in (2, 3, 4, 5, 6, 8, 12):
-        t = freq.copy()
         acc = 0
-        for s in range(na):
-            if s != big and t[s] > 0:
-                t[s] = _round_sig(t[s], sig)
+        for u in range(m):
+            s = used[u]
+            if s != big:
+                t[s] = _round_sig(freq[s], sig)
                 acc += t[s]
         rest = PROB_SCALE - acc
         if rest < 1 or rest >= PROB_SCALE:
             continue
         t[big] = rest
         cost = 0.0
-        for s in range(na):
+        for u in range(m):
+            s = used[u]
             if counts[s] > 0:
                 cost += counts[s] * (PROB_BITS - math.log2(t[s]))
-            if t[s] > 0 and s != big:
+            if s != big:
                 cost += 2.0 + min(sig - 1, _bit_length(t[s]))
         if cost < best_cost:
             best_cost = cost
             best_sig = sig
-            best = t
+            best[:] = t
     return best, best_sig, big
+
+
+@njit(**_NJ)
+def build_tables(counts):
+    """Frequency tables for every row of ``counts`` and their side-info parameters."""
+    nt = counts.shape[0]
+    freqs = np.zeros((nt, counts.shape[1]), dtype=np.int64)
+    sigs = np.zeros(nt, dtype=np.int64)
+    bigs = np.zeros(nt, dtype=np.int64)
+    for c in range(nt):
+        freqs[c], sigs[c], bigs[c] = sparse_table(counts[c], normalize(counts[c]))
+    return freqs, sigs, bigs
 
 
 # ------------------------------------------------------------------ side-info bit stream
@@ -836,6 +851,12 @@ def rans_decode(words_in, raw, lut, n_ctx, cmap, rows, cols, inner, step, mode, 
         q = (z >> 1) ^ -(z & 1)
         vlut[z] = round_out(np.float64(q) * step, mode)
     zbase, nbits = symbol_tables()
+    # many escapes: every block takes the general path (no mispredicted fast-path branch)
+    esc = 0
+    for c in range(max(n_ctx, 1)):
+        for sl in range(PROB_SCALE):
+            esc += (lut[c * PROB_SCALE + sl] & 0xFF) >= N_DIRECT
+    fast_ok = esc * 2 < max(n_ctx, 1) * PROB_SCALE
     rawp = np.zeros(raw.size + 2 * N_STATES + 2, dtype=np.uint32)  # padding: branch-free reads
     rawp[: raw.size] = raw
     nbits_total = np.int64(raw.size) * 32
@@ -887,7 +908,7 @@ def rans_decode(words_in, raw, lut, n_ctx, cmap, rows, cols, inner, step, mode, 
         x3, pos = _renorm(x3, words, pos)
         if pos > nw:
             return ERR_WORDS
-        if (s0 | s1 | s2 | s3) < N_DIRECT:
+        if fast_ok and (s0 | s1 | s2 | s3) < N_DIRECT:
             out[j] = vlut[s0]
             out[j + 1] = vlut[s1]
             out[j + 2] = vlut[s2]
