@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 
@@ -43,17 +46,30 @@ def gradient_like(shape, rng, dtype="float32") -> np.ndarray:
 def test_registered_and_stateless() -> None:
     assert available_codecs()["fast"] is fast.FastCodec
     codec = get_codec("fast", mode="abs", eb=0.5)
-    assert codec.params() == {"mode": "abs", "eb": 0.5}
+    assert codec.params() == {"mode": "abs", "eb": 0.5, "contexts": True}
     assert codec.pointwise_bound and codec.lossy and not codec.stateful
     with pytest.raises(CodecError):
         get_codec("fast", eb=-1.0)
+
+
+def test_without_contexts_is_plain_linear_coding() -> None:
+    rng = np.random.default_rng(3)
+    scale = np.exp(rng.normal(size=(64, 1, 1, 1))) * np.exp(rng.normal(size=(1, 32, 1, 1)))
+    x = (rng.laplace(size=(64, 32, 3, 3)) * scale).astype(np.float32)
+    with_ctx = get_codec("fast", eb=1e-2)
+    plain = get_codec("fast", eb=1e-2, contexts=False)
+    bound = ErrorBound("rel", 1e-2).absolute(x)
+    for codec in (with_ctx, plain):
+        y = codec.decode(codec.encode(x), x.shape, x.dtype)
+        assert np.abs(y.astype(np.float64) - x).max() <= bound
+    assert len(with_ctx.encode(x)) < len(plain.encode(x))  # channel scales pay here
 
 
 @pytest.mark.parametrize("mode,eb", [("rel", 1e-2), ("rel", 1e-4), ("abs", 0.05)])
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_roundtrip_bound(shape, dtype, mode, eb) -> None:
-    rng = np.random.default_rng(abs(hash((shape, dtype, mode))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((shape, dtype, mode, eb)).encode()))
     x = gradient_like(shape, rng, dtype)
     codec = get_codec("fast", mode=mode, eb=eb)
     assert_bound(x, roundtrip(codec, x), mode, eb)
@@ -181,23 +197,49 @@ def test_truncated_frames(name) -> None:
         fast.FastCodec().decode(frame + b"\0", shape, dtype)
 
 
-@pytest.mark.parametrize("name", FRAMES)
-def test_bit_flips(name) -> None:
-    frame, shape, dtype = FRAMES[name]
-    rng = np.random.default_rng(10)
+def _flips(frame: bytes, limit: int, seed: int):
     nbits = 8 * len(frame)
-    bits = range(nbits) if nbits <= 6000 else rng.choice(nbits, 6000, replace=False)
-    caught = 0
-    for b in bits:
+    rng = np.random.default_rng(seed)
+    return range(nbits) if nbits <= limit else rng.choice(nbits, limit, replace=False)
+
+
+@pytest.mark.parametrize("name", FRAMES)
+def test_bit_flips_caught_by_checksum(name) -> None:
+    frame, shape, dtype = FRAMES[name]
+    for b in _flips(frame, 3000, 10):
         bad = bytearray(frame)
         bad[b // 8] ^= 1 << (b % 8)
+        with pytest.raises(PayloadError):
+            fast.FastCodec().decode(bytes(bad), shape, dtype)
+
+
+def _reseal(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize("name", FRAMES)
+def test_forged_frames_with_valid_checksum(name) -> None:
+    """Damage behind a recomputed checksum reaches the compiled decoder: it must refuse or
+    return a well-formed array, never crash, read out of bounds or loop."""
+    frame, shape, dtype = FRAMES[name]
+    body = frame[:-4]
+    caught = total = 0
+    for b in _flips(body, 4000, 11):
+        if b < 8 * 10:  # kind, abs_eb and n_ctx are only covered by the checksum
+            continue
+        bad = bytearray(body)
+        bad[b // 8] ^= 1 << (b % 8)
+        total += 1
         try:
-            y = fast.FastCodec().decode(bytes(bad), shape, dtype)
+            y = fast.FastCodec().decode(_reseal(bytes(bad)), shape, dtype)
         except PayloadError:
             caught += 1
             continue
         assert y.shape == shape and y.dtype == dtype
-    assert caught > 0.5 * len(bits)  # most flips land in coded data and are detected
+    assert caught > 0.5 * total  # most damage is caught even so (not raw escape bits)
+    for cut in range(10, len(body)):
+        with pytest.raises(PayloadError):
+            fast.FastCodec().decode(_reseal(body[:cut]), shape, dtype)
 
 
 def test_random_garbage_and_wrong_shapes() -> None:

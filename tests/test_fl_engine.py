@@ -168,3 +168,13 @@ def test_event_log_in_memory_only():
     log = EventLog(None)
     log.write("eval", t=1.0, version=1, updates=2, accuracy=0.5, loss=float("nan"))
     assert log.summary.result()["final_accuracy"] == 0.5
+
+
+@pytest.mark.parametrize("redispatch,expect_all", [("same", False), ("random", True)])
+def test_fedfa_redispatch_rule(tmp_path, redispatch, expect_all):
+    cfg = quick_config("fedfa", strategy__K=3, strategy__max_in_flight=3,
+                       strategy__redispatch=redispatch, run__max_updates=60)
+    s = run_experiment(cfg, run_dir=tmp_path, inputs=digits_inputs())
+    assert (s["participating_clients"] == 8) is expect_all
+    if not expect_all:
+        assert s["participating_clients"] == 3 and s["idle_time_total_s"] == 0.0

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedpress.codec import get_codec
+from fedpress.codec import get_codec, wire
 from fedpress.codec.bound import ErrorBound
 from fedpress.codec.errors import CodecError, NonFiniteError, PayloadError, StreamStateError
 from fedpress.codec.grad import F_TEMPORAL
@@ -115,7 +115,11 @@ def test_envelope_pack_unpack_roundtrip() -> None:
         assert got.crc32 == zlib.crc32(frame)
         offset += len(frame)
     # distinct codecs are stored once
-    assert len(msgpack.unpackb(payload[16 : 16 + PREFIX.unpack_from(payload)[3]])["c"]) == 2
+    _, _, flags, hlen, _ = PREFIX.unpack_from(payload)
+    header = payload[16 : 16 + hlen]
+    if flags & wire.FLAG_ZSTD_HEADER:
+        header = wire._inflate_header(header)
+    assert len(msgpack.unpackb(header)["c"]) == 2
     # no stream, no meta, no tensors
     env = unpack(Envelope([], [], None).pack())
     assert env.tensors == [] and env.frames == [] and env.stream is None and env.meta == {}

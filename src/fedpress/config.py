@@ -82,6 +82,9 @@ class StrategyConfig(Strict):
     server_opt: ServerOptConfig = Field(default_factory=ServerOptConfig)
     variant: Literal["model", "delta"] = "model"
     staleness_weighting: bool = False
+    redispatch: Literal["same", "random"] = Field(
+        "same", description="FedFa: re-dispatch the arriving client, or any idle client at random"
+    )
 
     @field_validator("name")
     @classmethod

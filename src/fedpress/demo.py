@@ -32,7 +32,7 @@ def demo_config(codec: str, quick: bool) -> dict[str, Any]:
                 {"up_mbps": 10, "down_mbps": 50, "weight": 0.5}]},
             "timing": "modeled",
         },
-        "run": {"seed": 0, "max_updates": 9 if quick else 100, "eval_every": 3 if quick else 10,
+        "run": {"seed": 0, "max_updates": 9 if quick else 200, "eval_every": 1,
                 "target_accuracy": 0.9, "out_dir": "runs"},
     }
 
@@ -92,7 +92,7 @@ def main_demo(args: argparse.Namespace) -> int:
     results = run_demo(out, quick=args.quick)
     base = results["uncompressed"]
     print(f"\n{'uplink codec':14s} {'final acc':>9} {'best acc':>9} {'MB up':>8} {'ratio':>6} "
-          f"{'sim time (s)':>12} {'comm time (s)':>13} {'vs raw':>7}")
+          f"{'sim time (s)':>12} {'link time (s)':>13} {'vs raw':>7}")
     rows = {}
     base_comm = comm_seconds(out / "uncompressed")
     for label, s in results.items():

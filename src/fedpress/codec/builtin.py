@@ -1,3 +1,3 @@
 """Imports the built-in codecs so that they register themselves."""
 
-from . import baselines, grad, linear  # noqa: F401
+from . import baselines, fast, grad, linear  # noqa: F401

@@ -1,24 +1,25 @@
-"""Numba kernels of the ``fast`` codec: fused quantizer, static-model rANS, frame side info.
+"""Numba kernels of the ``fast`` codec: quantizer, symbol mapper, static-model rANS, side info.
 
-Everything here runs in compiled loops (``@njit(cache=True, nogil=True)``), one pass per step:
+Every kernel is ``@njit(cache=True, nogil=True)`` and makes one pass over the data:
 
-* ``scan``: min, max and a non-finite count in one pass (the REL bound needs the range);
-* ``quantize``: ``q = rint(x / step)``, the reconstruction in the output dtype checked against the
-  bound in float64 (failures and code overflows become verbatim elements), the symbol of each
-  code, raw escape bits, a histogram and per-row/per-column sums of ``|q|``, all in one pass;
-* ``features`` / ``choose_contexts``: the channel-scale context (``|g[o,i]| ~ r_o c_i``): the
-  per-row and per-column mean magnitudes give each element a feature ``f = rs[o] + cs[i]``; the
-  feature axis is cut into at most ``MAX_CTX`` intervals by an exact dynamic programme on the
-  joint histogram (cost = ideal code length + table cost);
+* ``quantize``: ``q = rint(x / step)`` with the reconstruction in the output dtype checked
+  against the bound in float64 (misses, code-radius overflows and NaN/Inf are marked VERBATIM),
+  the zigzag code of each element and the per-row/per-column sums of ``|q|``. It is branch-free
+  and compiled once per output dtype, so it vectorises (about 0.5 ns per value);
+* ``symbolize``: symbol of each code, raw escape bits, verbatim positions, the channel-scale
+  feature ``f = rs[o] + cs[i]`` of each element and the joint (feature, symbol) histogram;
+* ``choose_contexts``: cuts the feature axis into at most ``MAX_CTX`` intervals by an exact
+  dynamic programme on that histogram (cost = ideal code length + table cost);
 * ``rans_encode`` / ``rans_decode``: rANS with 32-bit states, 16-bit renormalisation and four
-  interleaved states; the decoder maps a state slot to (symbol, frequency, offset) with one
-  lookup in a packed ``uint32`` table and bounds-checks every read. It returns an error code
-  instead of raising, and the caller turns it into ``PayloadError``.
+  interleaved states. The encoder divides by multiplying with exact reciprocals; the decoder maps
+  a state slot to (symbol, frequency, offset) with one lookup in a packed ``uint32`` table,
+  refills without branches from padded copies and bounds-checks every block. It returns an error
+  code instead of raising, and the caller turns it into ``PayloadError``.
 
-Symbols: the zigzag ``z`` of a code is its own symbol below ``N_DIRECT``; above, the symbol is an
-exponent class (two per octave) followed by ``e - 1`` raw bits in a separate bit stream.
-Frequency tables sum to ``2**PROB_BITS``; every table carries at least two symbols, so no
-frequency reaches ``2**PROB_BITS`` and a slot entry fits in 32 bits (8 + 12 + 12).
+Symbols: a zigzag code below ``N_DIRECT`` is its own symbol; a larger one is an exponent class
+(two per octave) followed by ``e - 1`` raw bits in a separate bit stream. Frequency tables sum
+to ``2**PROB_BITS``; every table carries at least two symbols, so no frequency reaches
+``2**PROB_BITS`` and a slot entry fits in 32 bits (8 + 12 + 12).
 """
 
 from __future__ import annotations
@@ -211,7 +212,9 @@ _HSTRIDE = 128  # histogram row stride (>= ALPHABET)
 
 
 @njit(**_NJ)
-def _symbolize_span(z, sym, fidx, ro, cexp, use_f, start, vpos, nv, raw, nraw, acc, nacc, hist, hoff):
+def _symbolize_span(
+    z, sym, fidx, ro, cexp, use_f, start, vpos, nv, raw, nraw, acc, nacc, hist, hoff
+):
     """Symbols of one row; the feature of position ``t`` is ``feature(ro, cexp[t])``.
 
     Codes below N_DIRECT are their own symbol; larger ones become an exponent class and
@@ -265,8 +268,21 @@ def symbolize(zin, rows, cols, inner, rlev, clev, use_f, sym, fidx, vpos, raw):
         e = base + rl
         ro = np.int64(rlev[o]) if use_f else np.int64(0)
         nv, nraw, acc, nacc = _symbolize_span(
-            zin[base:e], sym[base:e], fidx[base:e] if use_f else fidx, ro, cexp, use_f,
-            base, vpos, nv, raw, nraw, acc, nacc, hist, hoff,
+            zin[base:e],
+            sym[base:e],
+            fidx[base:e] if use_f else fidx,
+            ro,
+            cexp,
+            use_f,
+            base,
+            vpos,
+            nv,
+            raw,
+            nraw,
+            acc,
+            nacc,
+            hist,
+            hoff,
         )
     if nacc > 0:
         raw[nraw] = np.uint32(acc & 0xFFFFFFFF)
@@ -626,7 +642,7 @@ def read_table(buf, st, na, freq_out):
             m = _get(buf, st, keep)
             if m < 0:
                 return ERR_META
-            f = ((np.int64(1) << (nb - 1)) | (m << (nb - 1 - keep)))
+            f = (np.int64(1) << (nb - 1)) | (m << (nb - 1 - keep))
         freq_out[s] = f
         acc += f
     rest = PROB_SCALE - acc
@@ -689,17 +705,18 @@ def cumulative(freqs):
 
 _U = np.uint64
 #: fixed-point shift of the encoder's reciprocals (see ``encoder_table``).
-RCP_SHIFT = 44
+RCP_SHIFT = 32 + PROB_BITS
 _TAB_STRIDE = 128  # >= ALPHABET
 
 
 @njit(**_NJ)
 def encoder_table(freqs, cums):
-    """Per (table, symbol): the reciprocal ``ceil(2**44 / f)`` and ``f | cum << 16``.
+    """Per (table, symbol): the reciprocal ``rcp = ceil(2**k / f)`` and ``f | cum << 16``.
 
-    Division-free encoding: before a symbol is encoded the state is below ``f << 20``, so with
-    ``e = 2**44 mod* f < f`` the error ``x * e / 2**44`` stays below ``2**20 * f**2 / 2**44 <= 1``
-    for ``f <= 4096``, hence ``(x * rcp) >> 44 == x // f`` exactly, and ``x * rcp < 2**64``.
+    Division-free encoding with ``P = PROB_BITS`` and ``k = 32 + P``: before a symbol is encoded
+    the state is ``x < f * 2**(32 - P)``. With ``rcp = (2**k + e) / f``, ``0 <= e < f``, the
+    error ``x * e / (f * 2**k)`` stays below ``1 / f`` because ``x * e < 2**(32 - P) * f**2 <=
+    2**k``, hence ``(x * rcp) >> k == x // f`` exactly; and ``x * rcp < 2**64``.
     """
     nt, na = freqs.shape
     tab = np.zeros(nt * _TAB_STRIDE * 2, dtype=np.uint64)
@@ -770,9 +787,12 @@ def rans_encode(sym, fidx, cmap, use_ctx, pre, pre_table, tab):
     return words[pos:].copy()
 
 
+_BIAS_SHIFT = 8 + PROB_BITS
+
+
 @njit(**_NJ)
 def build_lut(freqs, cums):
-    """slot -> symbol | freq << 8 | (slot - cum) << 20, one 4096-entry block per table."""
+    """slot -> symbol | freq << 8 | (slot - cum) << (8 + PROB_BITS), one block per table."""
     nt, na = freqs.shape
     lut = np.empty(nt * PROB_SCALE, dtype=np.uint32)
     for c in range(nt):
@@ -780,14 +800,14 @@ def build_lut(freqs, cums):
             f = freqs[c, s]
             b = cums[c, s]
             for t in range(f):
-                lut[c * PROB_SCALE + b + t] = np.uint32(s | (f << 8) | (t << 20))
+                lut[c * PROB_SCALE + b + t] = np.uint32(s | (f << 8) | (t << _BIAS_SHIFT))
     return lut
 
 
 @njit(**_NJ)
 def _dec(x, base, lut):
     e = np.int64(lut[base + (x & PROB_MASK)])
-    return ((e >> 8) & PROB_MASK) * (x >> PROB_BITS) + (e >> 20), e & 0xFF
+    return ((e >> 8) & PROB_MASK) * (x >> PROB_BITS) + (e >> _BIAS_SHIFT), e & 0xFF
 
 
 @njit(**_NJ)
@@ -828,11 +848,13 @@ def _general(s, raw, bitpos, zbase, nbits, step, mode):
 
 
 @njit(**_NJ)
-def rans_decode(words_in, raw, lut, n_ctx, cmap, rows, cols, inner, step, mode, out):
+def rans_decode(words_in, raw, lut, n_ctx, cmap, rows, cols, inner, step, mode, fast_ok, out):
     """Decode ``out.size`` elements (plus the channel scales first when ``n_ctx > 1``).
 
-    Returns an error code; on success every word and raw bit has been consumed and the four
-    states are back at their initial value, which catches most corruptions.
+    ``fast_ok``: blocks of four direct symbols take a lookup path (False when escapes are
+    common, then every block takes the branch-free general path). Returns an error code; on
+    success every word and raw bit has been consumed and the four states are back at their
+    initial value, which catches most corruptions.
     """
     n = out.size
     nw = words_in.size
@@ -851,12 +873,6 @@ def rans_decode(words_in, raw, lut, n_ctx, cmap, rows, cols, inner, step, mode, 
         q = (z >> 1) ^ -(z & 1)
         vlut[z] = round_out(np.float64(q) * step, mode)
     zbase, nbits = symbol_tables()
-    # many escapes: every block takes the general path (no mispredicted fast-path branch)
-    esc = 0
-    for c in range(max(n_ctx, 1)):
-        for sl in range(PROB_SCALE):
-            esc += (lut[c * PROB_SCALE + sl] & 0xFF) >= N_DIRECT
-    fast_ok = esc * 2 < max(n_ctx, 1) * PROB_SCALE
     rawp = np.zeros(raw.size + 2 * N_STATES + 2, dtype=np.uint32)  # padding: branch-free reads
     rawp[: raw.size] = raw
     nbits_total = np.int64(raw.size) * 32

@@ -2,7 +2,10 @@
 
 Layout (little endian)::
 
-    b"FPZ" 0x00 | u16 version | u16 reserved | u32 header length | u32 crc32(header) | header | frames
+    b"FPZ" 0x00 | u16 version | u16 flags | u32 header length | u32 crc32(header) | header | frames
+
+Flag bit 0: the header is zstd-compressed (kept only when smaller: tensor names repeat their
+prefixes, and at loose bounds an uncompressed header is ~10% of a payload).
 
 The header is msgpack (data only, never pickle) and compact, because at loose bounds a
 payload is a few kB: ``{"s": stream info (id, sequence number, state fingerprint, keyframe),
@@ -20,10 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import zstandard
 
 from .errors import PayloadError
+from .frame import zstd_compress, zstd_decompress
 
 MAGIC = b"FPZ\x00"
+FLAG_ZSTD_HEADER = 1
 VERSION = 1
 _PREFIX = struct.Struct("<4sHHII")
 _MAX_HEADER = 64 * 1024 * 1024
@@ -68,7 +74,11 @@ class Envelope:
         header = msgpack.packb(
             {"s": self.stream, "m": self.meta, "c": codecs, "t": entries}, use_bin_type=True
         )
-        prefix = _PREFIX.pack(MAGIC, VERSION, 0, len(header), zlib.crc32(header))
+        flags = 0
+        packed = zstd_compress(header)
+        if len(packed) < len(header):
+            header, flags = packed, FLAG_ZSTD_HEADER
+        prefix = _PREFIX.pack(MAGIC, VERSION, flags, len(header), zlib.crc32(header))
         return b"".join([prefix, header, *self.frames])
 
 
@@ -77,18 +87,20 @@ def unpack(payload: bytes) -> Envelope:
     data = memoryview(payload)
     if len(data) < _PREFIX.size:
         raise PayloadError(f"payload is {len(data)} bytes, shorter than the {_PREFIX.size}-byte prefix")
-    magic, version, reserved, hlen, hcrc = _PREFIX.unpack_from(data, 0)
+    magic, version, flags, hlen, hcrc = _PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
         raise PayloadError("not a fedpress payload (bad magic bytes)")
     if version != VERSION:
         raise PayloadError(f"payload format version {version} is not supported (this is {VERSION})")
-    if reserved != 0:
-        raise PayloadError(f"payload prefix has reserved bits set ({reserved:#x}): corrupted")
+    if flags & ~FLAG_ZSTD_HEADER:
+        raise PayloadError(f"payload prefix has unknown flag bits set ({flags:#x}): corrupted")
     if hlen > _MAX_HEADER or _PREFIX.size + hlen > len(data):
         raise PayloadError("payload is truncated inside its header")
     hbytes = bytes(data[_PREFIX.size : _PREFIX.size + hlen])
     if zlib.crc32(hbytes) != hcrc:
         raise PayloadError("payload header is corrupted (checksum mismatch)")
+    if flags & FLAG_ZSTD_HEADER:
+        hbytes = _inflate_header(hbytes)
     try:
         header = msgpack.unpackb(hbytes, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several types on malformed data
@@ -107,6 +119,16 @@ def unpack(payload: bytes) -> Envelope:
             raise PayloadError(f"tensor {t.name!r} is corrupted (checksum mismatch)")
         frames.append(frame)
     return Envelope(tensors, frames, header.get("s"), header.get("m") or {})
+
+
+def _inflate_header(data: bytes) -> bytes:
+    try:
+        size = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as exc:
+        raise PayloadError(f"payload header is malformed ({exc})") from None
+    if not 0 <= size <= _MAX_HEADER:
+        raise PayloadError("payload header declares an invalid size")
+    return zstd_decompress(data, size)
 
 
 def _validate_header(header: Any) -> list[TensorEntry]:

@@ -52,6 +52,10 @@ class LocalTrainer:
         self.y = y
         self.spec = spec
         self.loss_fn = nn.CrossEntropyLoss()
+        # one optimizer for every client; its state (momentum) is cleared per dispatch
+        self.opt = torch.optim.SGD(
+            model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+        )
 
     def _batches(self, indices: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
         bs = self.spec.batch_size
@@ -74,12 +78,11 @@ class LocalTrainer:
             return {k: np.zeros_like(v) for k, v in params.items()}, 0, {}
         set_params(self.model, params)
         self.model.train()
-        torch.manual_seed(seed)
+        # CPU generator only: torch.manual_seed also queues accelerator seeding (slow, per call)
+        torch.random.default_generator.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        s = self.spec
-        opt = torch.optim.SGD(
-            self.model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
-        )
+        opt = self.opt
+        opt.state.clear()
         loss_sum, correct, seen = 0.0, 0, 0
         for b in self._batches(np.asarray(indices), rng):
             idx = torch.from_numpy(b)

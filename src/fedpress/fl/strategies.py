@@ -323,8 +323,9 @@ class FedFa(Strategy):
     * ``variant="delta"``: ``w <- opt(w, mean(window deltas))`` (each delta is applied on K
       consecutive updates, so ``eta_g`` around ``1/K`` gives it unit total weight).
 
-    The arriving client is re-dispatched at once with the new model: nobody waits for anybody.
-    With ``staleness_weighting`` the mean is weighted by ``s(tau)`` taken at arrival (model
+    The arriving client is re-dispatched at once with the new model: nobody waits for anybody
+    (``redispatch="same"``, the paper's rule, keeps the first ``max_in_flight`` clients the only
+    participants; ``"random"`` hands the freed slot to an idle client drawn at random). With ``staleness_weighting`` the mean is weighted by ``s(tau)`` taken at arrival (model
     variant: normalized by the weight sum; delta variant: by K, like FedBuff).
     """
 
@@ -337,9 +338,13 @@ class FedFa(Strategy):
         optimizer: ServerOptimizer | None = None,
         staleness: StalenessFn | None = None,
         max_in_flight: int | None = None,
+        redispatch: str = "same",
     ) -> None:
         if K < 1:
             raise ValueError(f"fedfa K must be >= 1, got {K}")
+        if redispatch not in ("same", "random"):
+            raise ValueError(f"fedfa redispatch must be 'same' or 'random', got {redispatch!r}")
+        self.redispatch = redispatch
         if variant not in ("model", "delta"):
             raise ValueError(f"fedfa variant must be 'model' or 'delta', got {variant!r}")
         self.K = int(K)
@@ -354,10 +359,11 @@ class FedFa(Strategy):
     @classmethod
     def from_config(cls, cfg: Any, num_clients: int) -> FedFa:
         s = _staleness(cfg) if cfg.staleness_weighting else None
-        return cls(cfg.K, cfg.variant, _optimizer(cfg), s, cfg.max_in_flight)
+        return cls(cfg.K, cfg.variant, _optimizer(cfg), s, cfg.max_in_flight, cfg.redispatch)
 
     def select(self, ctx: ServerContext, arrived: int | None) -> list[int]:
-        return _fill(ctx, self.max_in_flight or self.K, first=arrived)
+        first = arrived if self.redispatch == "same" else None
+        return _fill(ctx, self.max_in_flight or self.K, first=first)
 
     def accept(self, update: Update, ctx: ServerContext) -> bool:
         if self.variant == "model":
@@ -391,5 +397,6 @@ class FedFa(Strategy):
             "variant": self.variant,
             "staleness_weighting": self.s is not None,
             "max_in_flight": self.max_in_flight or self.K,
+            "redispatch": self.redispatch,
         }
 
