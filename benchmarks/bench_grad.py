@@ -21,14 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fedpress.bench.codecs import bench_codec, code_entropy, load_trace, plot_bench
+from fedpress.bench.codecs import bench_codec, compare_codecs, load_trace, plot_bench
 from fedpress.bench.machine import machine_info
 from fedpress.codec.routing import Policy
 from fedpress.codec.stream import StreamDecoder, StreamEncoder
 from fedpress.traces import TraceConfig, record_traces
 
 RESULTS = Path(__file__).parent / "results"
-CODECS = ["grad", "linear", "sz3", "sz3-nopred", "zfp", "qsgd"]
+CODECS = ["grad", "fast", ("fast-plain", "fast", {"contexts": False}), "linear", "sz3",
+          "sz3-nopred", "zfp", "qsgd"]
 BOUNDS = [1e-3, 1e-2, 3e-2, 5e-2, 1e-1]
 ABLATION = {
     "grad (all contexts)": {},
@@ -88,8 +89,11 @@ def accuracy_impact(quick: bool) -> list[dict]:
         hook = codec_uplink(codec, eb) if codec else None
         res = record_traces(cfg, out, uplink=hook, progress=False)
         acc = [r["test_accuracy"] for r in res["rounds"]]
-        rows.append({"codec": label, "eb": eb, "final_accuracy": acc[-1], "accuracy": acc})
-        print(f"  accuracy {label:12s} eb={eb}: final {acc[-1]:.4f}", flush=True)
+        rows.append({"codec": label, "eb": eb, "final_accuracy": acc[-1],
+                     "best_accuracy": max(acc), "mean_last3": float(np.mean(acc[-3:])),
+                     "accuracy": acc})
+        print(f"  accuracy {label:12s} eb={eb}: final {acc[-1]:.4f} best {max(acc):.4f} "
+              f"mean of last 3 {np.mean(acc[-3:]):.4f}", flush=True)
     return rows
 
 
@@ -103,17 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in traces(args.quick).items():
         trace = load_trace(path)
         print(f"== {name}: {len(trace)} clients x {len(next(iter(trace.values())))} rounds", flush=True)
-        rows = []
-        for eb in bounds:
-            h0 = code_entropy(trace, eb)
-            for codec in CODECS:
-                r = bench_codec(trace, codec, eb)
-                r["code_entropy_bits_per_value"] = h0
-                rows.append(r)
-                print(f"  REL {eb:g} {codec:11s} median ratio (rounds 2+) "
-                      f"{r['median_round_ratio_rounds2plus']:8.2f}  enc {r['encode_MBps']:6.1f} "
-                      f"dec {r['decode_MBps']:6.1f} MB/s  err/bound {r['max_err_over_bound']:.3f}",
-                      flush=True)
+        rows = compare_codecs(trace, CODECS, bounds)
         report["traces"][name] = {"path": str(path), "results": rows}
         plot_bench({"results": rows}, RESULTS / f"grad_ratio_{name}.png")
         abl = []

@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench-codecs", help="compare codecs on the same tensors")
     b.add_argument("input", help="a trace directory (client_<id>/round_<r>.safetensors)")
-    b.add_argument("--codecs", default="grad,linear,sz3,sz3-nopred,zfp,qsgd")
+    b.add_argument("--codecs", default="grad,fast,linear,sz3,sz3-nopred,zfp,qsgd")
     b.add_argument("--eb", default="1e-2", help="comma-separated REL bounds")
     b.add_argument("--out", default="benchmarks/results/codecs")
     b.add_argument("--clients", type=int, default=None, help="use only the first N clients")

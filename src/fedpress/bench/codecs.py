@@ -112,21 +112,32 @@ def code_entropy(trace: dict[str, list[dict]], eb: float) -> float:
     return bits / max(n, 1)
 
 
-def run_bench(trace_dir: Path, codecs: list[str], ebs: list[float], clients: int | None,
-              progress: bool = True) -> dict:
-    trace = load_trace(trace_dir, clients)
+CodecSpec = str | tuple[str, str, dict]
+
+
+def compare_codecs(trace: dict[str, list[dict]], specs: list[CodecSpec], ebs: list[float],
+                   progress: bool = True) -> list[dict]:
+    """Every codec spec (a name, or (label, codec, params)) at every bound, side by side."""
     results = []
     for eb in ebs:
         entropy = code_entropy(trace, eb)
-        for codec in codecs:
-            res = bench_codec(trace, codec, eb)
+        for spec in specs:
+            label, codec, params = (spec, spec, {}) if isinstance(spec, str) else spec
+            res = bench_codec(trace, codec, eb, params, label)
             res["code_entropy_bits_per_value"] = entropy
             results.append(res)
             if progress:
-                print(f"  REL {eb:g} {codec:11s} ratio {res['ratio']:7.2f}  "
+                print(f"  REL {eb:g} {label:14s} ratio {res['ratio']:7.2f}  "
                       f"median(r>=2) {res['median_round_ratio_rounds2plus']:7.2f}  "
                       f"enc {res['encode_MBps']:6.1f} MB/s  dec {res['decode_MBps']:6.1f} MB/s  "
                       f"err/bound {res['max_err_over_bound']:.3f}", flush=True)
+    return results
+
+
+def run_bench(trace_dir: Path, codecs: list[CodecSpec], ebs: list[float], clients: int | None,
+              progress: bool = True) -> dict:
+    trace = load_trace(trace_dir, clients)
+    results = compare_codecs(trace, codecs, ebs, progress)
     info = machine_info()
     return {"trace_dir": str(trace_dir), "clients": list(trace), "rounds": len(next(iter(trace.values()))),
             "machine": info, "results": results}
