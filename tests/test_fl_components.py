@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedpress.codec.errors import CodecError, PayloadError
-from fedpress.fl import rawpack
+from fedpress.codec.errors import CodecError
 from fedpress.fl.codec_adapter import (
     CodecSpec,
     decode_update,
@@ -24,23 +23,6 @@ def tensors(seed: int = 0) -> dict[str, np.ndarray]:
         "conv.bias": rng.standard_normal(8).astype(np.float32),
         "fc.weight": rng.standard_normal((10, 300)).astype(np.float32) * 0.01,
     }
-
-
-def test_rawpack_roundtrip_and_refusals():
-    t = tensors()
-    out = rawpack.unpack(rawpack.pack(t))
-    assert list(out) == list(t)
-    for k in t:
-        assert np.array_equal(out[k], t[k]) and out[k].dtype == t[k].dtype
-    payload = rawpack.pack(t)
-    with pytest.raises(PayloadError, match="truncated"):
-        rawpack.unpack(payload[:-5])
-    with pytest.raises(PayloadError, match="trailing"):
-        rawpack.unpack(payload + b"x")
-    with pytest.raises(PayloadError, match="magic"):
-        rawpack.unpack(b"nope" + payload)
-    with pytest.raises(PayloadError):
-        rawpack.unpack(rawpack.MAGIC + b"\xff\x00\x00\x00garbage")
 
 
 @pytest.mark.parametrize("name", ["none", "lossless"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_fl_support import digits_inputs, quick_config
 
-from fedpress.fl import rawpack
+from fedpress.fl.codec_adapter import pack_raw
 from fedpress.fl.profiles import ClientProfile, TimingModel, round_trip
 from fedpress.fl.run import run_experiment
 from fedpress.fl.simulation import build_server
@@ -27,7 +27,7 @@ class FakeClient:
         self.payload = payload
 
     def run(self, payload: bytes, version: int) -> ClientResult:
-        up = self.payload or rawpack.pack({"w": np.full(4, float(self.cid), np.float32)})
+        up = self.payload or pack_raw({"w": np.full(4, float(self.cid), np.float32)})
         return ClientResult(self.cid, version, up, 10, self.samples, 16, 16)
 
 
@@ -37,7 +37,7 @@ def profiles(speeds: list[float]) -> list[ClientProfile]:
 
 def test_virtual_clock_orders_arrivals_and_respects_deadlines():
     tr = InProcessTransport(lambda c: FakeClient(c), profiles([0.03, 0.01, 0.02]), TimingModel())
-    model = rawpack.pack({"w": np.zeros(4, np.float32)})
+    model = pack_raw({"w": np.zeros(4, np.float32)})
     for c in (0, 1, 2):
         tr.dispatch(c, model, 0)
     assert tr.in_flight() == {0, 1, 2}
@@ -178,3 +178,20 @@ def test_fedfa_redispatch_rule(tmp_path, redispatch, expect_all):
     assert (s["participating_clients"] == 8) is expect_all
     if not expect_all:
         assert s["participating_clients"] == 3 and s["idle_time_total_s"] == 0.0
+
+
+def test_diverged_client_on_a_lossy_link_is_rejected_not_fatal(monkeypatch):
+    from fedpress.fl.client import LocalTrainer
+
+    real_train = LocalTrainer.train
+
+    def train(self, params, indices, seed):
+        delta, n, m = real_train(self, params, indices, seed)
+        if indices[0] == digits_inputs(clients=4).parts[1][0]:  # client 1 diverges
+            delta = {k: np.full_like(v, np.nan) for k, v in delta.items()}
+        return delta, n, m
+
+    monkeypatch.setattr(LocalTrainer, "train", train)
+    cfg = quick_config("fedasync", clients=4, codec__name="grad", run__max_updates=8)
+    summary = build_server(cfg, digits_inputs(clients=4)).run()
+    assert summary["rejected"] > 0 and summary["updates"] == 8

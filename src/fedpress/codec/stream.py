@@ -211,7 +211,8 @@ class StreamDecoder:
         if self.stream_id is not None and s["id"] != self.stream_id:
             raise StreamStateError(f"payload of stream {s['id']!r} sent to decoder of {self.stream_id!r}")
         if s.get("keyframe"):
-            if self.expected_seq is not None and s["seq"] < self.expected_seq:
+            # an old keyframe would roll stateful layers back; stateless ones have nothing to lose
+            if self.states and self.expected_seq is not None and s["seq"] < self.expected_seq:
                 raise StreamStateError(
                     f"stream {s['id']!r}: keyframe {s['seq']} is older than the stream's position "
                     f"{self.expected_seq} (a replay)"

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedpress.codec.errors import CodecError
 from fedpress.transport.base import ClientResult
 
 from .codec_adapter import (
@@ -125,7 +126,13 @@ class ClientRunner:
         seed = derive_seed(self.seed, self.client_id, self.rounds)
         delta, samples, metrics = self.trainer.train(params, self.indices, seed)
         train_s = time.perf_counter() - t0
-        up, stats = encode_update(self.encoder, delta)
+        try:
+            up, stats = encode_update(self.encoder, delta)
+        except CodecError:
+            # e.g. a diverged client (NaN) on a lossy link: send it raw so the server can see
+            # and reject it; the stream's state is untouched (encoding is atomic)
+            up, stats = encode_update(make_encoder(None, ""), delta)
+            metrics = {**metrics, "encode_failed": 1.0}
         self.rounds += 1
         return ClientResult(
             client_id=self.client_id,

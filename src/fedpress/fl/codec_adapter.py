@@ -3,25 +3,25 @@
 Every payload the engine moves goes through :func:`make_encoder` / :func:`make_decoder`, so the
 wiring to the codec streams lives here and nowhere else. Codec names:
 
-* ``none`` (alias ``raw``): uncompressed self-describing packing (``rawpack.py``);
-* ``lossless``: ``Policy.lossless()``; falls back to ``none`` while the stream layer is absent;
+* ``none`` (alias ``raw``): every tensor through the ``raw`` codec (uncompressed, same format);
+* ``lossless``: ``Policy.lossless()`` (zstd);
 * any other name: ``Policy.default(codec=name, mode=mode, eb=eb)`` (``grad``, ``sz3``, ...).
 
-Decoders accept both raw packs and stream payloads, one decoder per stream id (stateful codecs
-keep per-stream state: decode *every* payload of a stream in order, even ones the server drops).
+One decoder per stream id (stateful codecs keep per-stream state: decode *every* payload of a
+stream in order, even ones the server drops).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from fedpress.codec.errors import CodecError
+from fedpress.codec.routing import Policy
+from fedpress.codec.stream import StreamDecoder, StreamEncoder
 
-from . import rawpack
 from .types import Tensors
 
 RAW_NAMES = ("none", "raw")
@@ -55,64 +55,25 @@ class EncodeStats:
     seconds: float
 
 
-def _stream_api() -> tuple[Any, Any, Any] | None:
-    try:
-        from fedpress.codec.routing import Policy
-        from fedpress.codec.stream import StreamDecoder, StreamEncoder
-    except ImportError:
-        return None
-    return Policy, StreamEncoder, StreamDecoder
-
-
-def codec_layer_available() -> bool:
-    return _stream_api() is not None
-
-
-class _RawEncoder:
-    def encode(self, tensors: Tensors) -> bytes:
-        return rawpack.pack(tensors)
-
-
-class AutoDecoder:
-    """Decodes raw packs directly and stream payloads with one lazily built ``StreamDecoder``."""
-
-    def __init__(self) -> None:
-        self._stream: Any = None
-
-    def decode(self, payload: bytes) -> Tensors:
-        if payload[: len(rawpack.MAGIC)] == rawpack.MAGIC:
-            return rawpack.unpack(payload)
-        if self._stream is None:
-            api = _stream_api()
-            if api is None:
-                raise CodecError("payload is not a raw pack and fedpress.codec.stream is missing")
-            self._stream = api[2]()
-        return self._stream.decode(payload)
-
-
 def make_encoder(spec: CodecSpec | None, stream_id: str) -> TensorEncoder:
     """A stateful encoder for one stream (``"c{client}/up"`` or ``"c{client}/down"``)."""
     if spec is None or spec.is_raw:
-        return _RawEncoder()
-    api = _stream_api()
-    if api is None:
-        if spec.name == "lossless":
-            return _RawEncoder()
-        raise CodecError(
-            f"codec {spec.name!r} needs fedpress.codec.stream, which is not available; "
-            "use codec.name=none or lossless"
-        )
-    policy_cls, encoder_cls, _ = api
-    if spec.name == "lossless":
-        policy = policy_cls.lossless()
+        policy = Policy.uniform("raw")
+    elif spec.name == "lossless":
+        policy = Policy.lossless()
     else:
-        policy = policy_cls.default(codec=spec.name, mode=spec.mode, eb=spec.eb)
-    return encoder_cls(policy, stream_id=stream_id)
+        policy = Policy.default(codec=spec.name, mode=spec.mode, eb=spec.eb)
+    return StreamEncoder(policy, stream_id=stream_id)
 
 
 def make_decoder(spec: CodecSpec | None = None) -> TensorDecoder:
     """A decoder for one stream id; ``spec`` is unused (payloads describe themselves)."""
-    return AutoDecoder()
+    return StreamDecoder()
+
+
+def pack_raw(tensors: Tensors) -> bytes:
+    """An uncompressed payload in the one wire format (tests, models sent without a stream)."""
+    return StreamEncoder(Policy.uniform("raw"), stream_id="raw").encode(tensors)
 
 
 def encode_update(encoder: TensorEncoder, tensors: Tensors) -> tuple[bytes, EncodeStats]:

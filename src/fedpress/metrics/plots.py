@@ -69,7 +69,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     b1.plot(range(len(arr)), [e.get("raw_bytes_up", 0) for e in arr], "-", lw=1, label="raw")
     b1.set_xlabel("client update #")
     b1.set_ylabel("uplink bytes per update")
-    b1.set_yscale("log")
+    b1.set_ylim(bottom=0)
     cum = s["cum"]
     b2.plot([c[0] for c in cum], [c[1] / 1e6 for c in cum], label="up (encoded)")
     b2.plot([c[0] for c in cum], [c[2] / 1e6 for c in cum], label="down (encoded)")
