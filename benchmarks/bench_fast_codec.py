@@ -4,7 +4,7 @@ Side by side in one process, on the same tensors and bounds: every tensor is enc
 by every codec in turn, each timing is the best of ``--repeat`` runs (the machine is shared), and
 throughput is the raw size over the summed best times. Data:
 
-* recorded FL pseudo-gradients (``--trace``, default /tmp/qt/tr/client_*/round_*.safetensors), the
+* recorded FL pseudo-gradients (``--trace``, default runs/traces/mnist-cnn-fedavg, recorded by bench_grad.py), the
   tensors the default routing policy sends to a lossy codec (float weights above 1024 values);
   without a trace, gradient-like synthetic tensors (laplace values with rank-one channel scales);
 * a 4M-value float32 laplace tensor shaped (1024, 4096).
@@ -188,7 +188,8 @@ def print_table(report: dict) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--trace", default="/tmp/qt/tr", help="client_*/round_*.safetensors folder")
+    ap.add_argument("--trace", default="runs/traces/mnist-cnn-fedavg",
+                    help="client_*/round_*.safetensors folder (bench_grad.py records it)")
     ap.add_argument("--eb", default="1e-3,1e-2,1e-1", help="REL bounds, comma separated")
     ap.add_argument("--codecs", default=",".join(CODECS))
     ap.add_argument("--repeat", type=int, default=3)

@@ -6,7 +6,9 @@ Runs, side by side in one process on the same recorded tensors:
    rank-one sign basis, and the paper's EMA predictor with kernel / oscillation / auto signs),
 3. the accuracy impact: the same FedAvg training with the codec in the uplink.
 
-Traces are recorded first when missing (real MNIST shipped in a package, two architectures).
+Traces are recorded first when missing (real MNIST shipped in a package, three architectures:
+McMahan et al.'s FedAvg CNN without normalisation, a small CNN with BatchNorm after every
+convolution, and a ResNet-8).
 
     python benchmarks/bench_grad.py            # full run (about 30 min on 2 cores)
     python benchmarks/bench_grad.py --quick    # a smoke run in a few minutes
@@ -51,7 +53,7 @@ ABLATION = {
 
 def traces(quick: bool) -> dict[str, Path]:
     out = {}
-    for model in ("cnn", "resnet8"):
+    for model in ("cnn-fedavg", "cnn", "resnet8"):
         cfg = TraceConfig(dataset="mnist", model=model, clients=2 if quick else 4,
                           rounds=3 if quick else 10, samples_per_client=500 if quick else 2000,
                           batch_size=64, lr=0.05)

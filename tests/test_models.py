@@ -11,7 +11,7 @@ from fedpress.models import available_models, build_model, count_parameters
 SIZES = [(1, 8), (1, 28), (3, 32)]
 
 
-@pytest.mark.parametrize("name", ["cnn", "mlp", "resnet8", "resnet18"])
+@pytest.mark.parametrize("name", ["cnn", "cnn-fedavg", "mlp", "resnet8", "resnet18"])
 @pytest.mark.parametrize(("channels", "size"), SIZES)
 def test_forward_shapes(name: str, channels: int, size: int) -> None:
     torch.manual_seed(0)
@@ -63,3 +63,9 @@ def test_deterministic_and_trainable(name: str) -> None:
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     nn.functional.cross_entropy(model(x), y).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_cnn_fedavg_is_mcmahans_model() -> None:
+    m = build_model("cnn-fedavg", 1, 10, 28)
+    assert count_parameters(m) == 1_663_370  # as in McMahan et al. (2017) for MNIST
+    assert not any(isinstance(x, nn.BatchNorm2d | nn.GroupNorm) for x in m.modules())

@@ -1,6 +1,6 @@
 """Image classifiers for the federated experiments, built by name.
 
-``build_model(name, in_channels, num_classes, image_size)``; names: ``cnn``, ``mlp``,
+``build_model(name, in_channels, num_classes, image_size)``; names: ``cnn``, ``cnn-fedavg``, ``mlp``,
 ``resnet8``, ``resnet18``. Importing the model modules registers them.
 """
 

@@ -43,3 +43,29 @@ def build_cnn(in_channels: int, num_classes: int, image_size: int, norm: str = "
     if image_size < 4:
         raise ValueError(f"cnn needs image_size >= 4 (two 2x poolings), got {image_size}")
     return SmallCNN(in_channels, num_classes, norm=norm)
+
+
+class FedAvgCNN(nn.Module):
+    """The CNN of McMahan et al. (2017), the classic FL benchmark model: conv5x5(32) -> pool ->
+    conv5x5(64) -> pool -> linear(512) -> linear; ReLU, no normalisation layers."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+        )
+        side = -(-(-(-image_size // 2)) // 2)  # two ceil-mode 2x poolings
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * side * side, 512), nn.ReLU(), nn.Linear(512, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@register_model("cnn-fedavg")
+def build_cnn_fedavg(in_channels: int, num_classes: int, image_size: int) -> FedAvgCNN:
+    if image_size < 4:
+        raise ValueError(f"cnn-fedavg needs image_size >= 4 (two 2x poolings), got {image_size}")
+    return FedAvgCNN(in_channels, num_classes, image_size)
