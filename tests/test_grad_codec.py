@@ -90,7 +90,8 @@ def test_rounds_roundtrip_with_bound(shape: tuple[int, ...], mode: str, eb: floa
     for f in frames[1:]:
         assert flags_of(f) & F_TEMPORAL
         assert flags_of(f) & F_KSIGN
-        assert bool(flags_of(f) & F_SCALES) == (len(shape) >= 2)
+        # channel scales are sent only where they pay for themselves, never without channels
+        assert not (flags_of(f) & F_SCALES) or len(shape) >= 2
 
 
 @pytest.mark.parametrize("predictor", ["kernel", "oscillation", "auto"])
@@ -126,9 +127,19 @@ def test_ablation_flags_roundtrip(
     for i, f in enumerate(frames):
         flags = flags_of(f)
         assert bool(flags & F_TEMPORAL) == (temporal and i > 0)
-        assert bool(flags & F_SCALES) == (scale and channels)
+        assert not (flags & F_SCALES) or (scale and channels)
         assert bool(flags & F_KSIGN) == ksign
         assert bool(flags & F_SIGNBASIS) == (ksign and basis and channels)
+
+
+def test_channel_scales_are_sent_where_channel_scales_differ() -> None:
+    rng = np.random.default_rng(7)
+    scale = np.exp(2 * rng.normal(size=(32, 1, 1, 1))) * np.exp(2 * rng.normal(size=(1, 16, 1, 1)))
+    x = (rng.laplace(size=(32, 16, 3, 3)) * scale).astype(np.float32)
+    frame = get_codec("grad", mode="rel", eb=1e-3).encode(x, {})
+    assert flags_of(frame) & F_SCALES
+    flat = rng.laplace(size=(32, 16, 3, 3)).astype(np.float32)  # no channel structure
+    assert not flags_of(get_codec("grad", mode="rel", eb=1e-3).encode(flat, {})) & F_SCALES
 
 
 def test_params_rebuild_the_codec() -> None:
@@ -335,8 +346,9 @@ def test_truncated_and_overlong_frames_are_refused(params) -> None:
 
 def test_unknown_kind_and_flags_are_refused() -> None:
     codec = get_codec("grad")
-    x = gradient_rounds((16, 8, 3, 3), rounds=1)[0]
+    x = rank_one_gradients((16, 8, 3, 3), rounds=1, seed=0)[0]  # channel scales pay here
     frame = codec.encode(x, {})
+    assert flags_of(frame) & F_SCALES
     with pytest.raises(PayloadError):
         codec.decode(bytes([7]) + frame[1:], x.shape, x.dtype, {})
     with pytest.raises(PayloadError):

@@ -7,6 +7,8 @@ same network work on 8x8 digits, 28x28 MNIST and 32x32 CIFAR.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -55,7 +57,7 @@ class FedAvgCNN(nn.Module):
             nn.Conv2d(in_channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
             nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
         )
-        side = -(-(-(-image_size // 2)) // 2)  # two ceil-mode 2x poolings
+        side = math.ceil(math.ceil(image_size / 2) / 2)  # two ceil-mode 2x poolings
         self.head = nn.Sequential(
             nn.Flatten(), nn.Linear(64 * side * side, 512), nn.ReLU(), nn.Linear(512, num_classes)
         )
