@@ -345,8 +345,10 @@ def test_truncated_and_overlong_frames_are_refused(params) -> None:
 
 
 def test_unknown_kind_and_flags_are_refused() -> None:
-    codec = get_codec("grad")
-    x = rank_one_gradients((16, 8, 3, 3), rounds=1, seed=0)[0]  # channel scales pay here
+    codec = get_codec("grad", mode="rel", eb=1e-3)
+    rng = np.random.default_rng(7)
+    scale = np.exp(2 * rng.normal(size=(32, 1, 1, 1))) * np.exp(2 * rng.normal(size=(1, 16, 1, 1)))
+    x = (rng.laplace(size=(32, 16, 3, 3)) * scale).astype(np.float32)  # channel scales pay
     frame = codec.encode(x, {})
     assert flags_of(frame) & F_SCALES
     with pytest.raises(PayloadError):
