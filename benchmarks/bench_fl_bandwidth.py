@@ -3,7 +3,7 @@
 Setting: FedAvg on embedded MNIST, 20 clients x 100 samples (``--quick``: 10 x 60), cohorts of
 10 (quick: 5), a fixed number of rounds (``--rounds``), small CNN; every client has the same
 uplink (1, 10 or 100 Mbps), a 50 Mbps downlink carrying the raw model, 20 ms latency and
-constant compute (1 ms/sample). Uplink codecs: ``grad`` and ``sz3`` (REL error bound
+constant compute (1 ms/sample). Uplink codecs: ``grad``, ``fast`` and ``sz3`` (REL error bound
 ``--eb``), lossless (``zstd``) and ``none``. Timing is ``measured`` by default: encode/decode
 seconds are the codecs' real wall time on this machine (``--timing modeled`` for repeatable
 numbers). Reported per (codec, uplink): total simulated time, summed upload seconds, encode and
@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fl_common import RESULTS, ROOT, SCRATCH, provenance, pyplot, run_parallel, write_json  # noqa: E402
 
-CODECS = ("grad", "sz3", "lossless", "none")
+CODECS = ("grad", "fast", "sz3", "lossless", "none")
 UPLINKS = (1.0, 10.0, 100.0)
 
 
