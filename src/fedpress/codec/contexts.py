@@ -75,13 +75,19 @@ def has_channel_scales(shape: tuple[int, ...]) -> bool:
     return len(shape) >= 2 and shape[0] > 1 and shape[1] > 1
 
 
-def channel_scales(x: np.ndarray, abs_eb: float) -> np.ndarray:
-    """Half-octave log of the mean magnitude per row, per column, and overall (encoder side)."""
-    shape = x.shape
-    ui = _steps(x, abs_eb).reshape(shape[0], shape[1], -1)
-    rows = ui.sum(axis=(1, 2)) // (ui.size // shape[0])
-    cols = ui.sum(axis=(0, 2)) // (ui.size // shape[1])
-    total = np.array([ui.sum() // ui.size])
+def channel_scales(codes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Half-octave log of the mean |code| per row, per column, and overall (encoder side).
+
+    Computed from the integer codes, so a row or column whose codes are all zero is known
+    exactly (level ``_LOG_FLOOR``) and gets a context of its own that costs nothing to code:
+    dead channels (ReLU units that never fired, unused inputs) are common in FL updates.
+    """
+    a = np.abs(codes.astype(np.int64)).reshape(shape[0], shape[1], -1)
+    rows = a.sum(axis=(1, 2)) * _FRAC // (a.size // shape[0])
+    cols = a.sum(axis=(0, 2)) * _FRAC // (a.size // shape[1])
+    rows[(rows == 0) & (a.sum(axis=(1, 2)) > 0)] = 1  # non-zero rows never look dead
+    cols[(cols == 0) & (a.sum(axis=(0, 2)) > 0)] = 1
+    total = np.array([max(a.sum() * _FRAC // a.size, 1)])
     return np.clip(half_octaves(np.concatenate([rows, cols, total])), _LOG_FLOOR, _LOG_CEIL)
 
 
@@ -107,11 +113,14 @@ def magnitude_contexts(
     """Context index per element from channel scales and/or last round; same on both sides."""
     n = int(np.prod(shape))
     feats = []
+    dead = None
     if scales is not None:
         rows, cols, total = scales[: shape[0]], scales[shape[0] : shape[0] + shape[1]], scales[-1]
         rest = n // (shape[0] * shape[1])
         f = rows[:, None] + cols[None, :] - total
         feats.append(np.repeat(f.reshape(-1), rest))
+        d = (rows[:, None] == _LOG_FLOOR) | (cols[None, :] == _LOG_FLOOR)
+        dead = np.repeat(d.reshape(-1), rest) if d.any() else None
     if prev is not None:
         ui = _steps(prev, abs_eb)
         groups, k = group_view(shape)
@@ -125,8 +134,10 @@ def magnitude_contexts(
         f = (_SCALE_WEIGHT * feats[0] + (20 - _SCALE_WEIGHT) * feats[1]) // 20
     else:
         f = feats[0]
-    f = np.clip(f, -16, 40) + 16
-    return merge_small_contexts(f, 57)
+    f = np.clip(f, -16, 40) + 17
+    if dead is not None:
+        f[dead] = 0  # all codes there are zero: a context of its own, coded for free
+    return merge_small_contexts(f, 58)
 
 
 def merge_small_contexts(ctx: np.ndarray, n_ctx: int) -> tuple[np.ndarray, int]:

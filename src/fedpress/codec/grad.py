@@ -133,8 +133,7 @@ class GradCodec(BoundedCodec):
         scales = None
         temporal = prev if flags & F_TEMPORAL else None
         if flags & F_SCALES:
-            coded = x if pred is None else (q.codes * (2 * abs_eb)).reshape(shape)
-            scales = channel_scales(coded, abs_eb)
+            scales = channel_scales(q.codes, shape)
             if not _scales_pay(q.codes, scales, temporal, shape, abs_eb):
                 flags &= ~F_SCALES
                 scales = None
