@@ -69,14 +69,20 @@ def _load_safetensors(path: Path) -> dict[str, object]:
         raise CliError(f"{path}: cannot read safetensors ({exc})") from None
 
 
-def _save_safetensors(tensors: dict[str, np.ndarray], dtypes: dict[str, str], path: str) -> None:
+def _save_safetensors(
+    tensors: dict[str, np.ndarray], dtypes: dict[str, str], lossy: set[str], path: str
+) -> None:
+    """Write the decoded tensors. A bfloat16 tensor that went through a lossy codec is written as
+    float32: its reconstruction is within the bound in float32, and rounding it back to
+    bfloat16 (8 mantissa bits) could break the bound."""
     import torch
     from safetensors.torch import save_file
 
     out = {}
     for k, v in tensors.items():
         t = torch.from_numpy(np.array(v, order="C", copy=True))
-        out[k] = t.to(torch.bfloat16) if dtypes.get(k) == "bfloat16" else t
+        exact_bf16 = dtypes.get(k) == "bfloat16" and k not in lossy
+        out[k] = t.to(torch.bfloat16) if exact_bf16 else t
     save_file(out, path)
 
 
@@ -118,8 +124,10 @@ def decompress(src: Path, dst: Path) -> int:
             except OSError as exc:
                 raise CliError(f"{path}: {exc.strerror or exc}") from None
             out = _output_path(src, dst, rel, ".safetensors")
-            dtypes = decoder.last_dtypes
-            _atomic_write(out, lambda p, t=tensors, d=dtypes: _save_safetensors(t, d, p))
+            dtypes, lossy = decoder.last_dtypes, decoder.last_lossy
+            _atomic_write(
+                out, lambda p, t=tensors, d=dtypes, lo=lossy: _save_safetensors(t, d, lo, p)
+            )
             count += 1
     return count
 

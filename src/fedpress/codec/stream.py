@@ -161,6 +161,7 @@ class StreamDecoder:
         self.states: dict[str, LayerState] = {}
         self.last_meta: dict[str, Any] = {}
         self.last_dtypes: dict[str, str] = {}
+        self.last_lossy: set[str] = set()
 
     def decode(self, payload: bytes) -> dict[str, np.ndarray]:
         return self.decode_envelope(unpack(payload))
@@ -170,6 +171,7 @@ class StreamDecoder:
         new_states = dict(states)
         out: dict[str, np.ndarray] = {}
         dtypes: dict[str, str] = {}
+        lossy: set[str] = set()
         for entry, frame in zip(env.tensors, env.frames, strict=True):
             try:
                 codec = get_codec(entry.codec, **entry.params)
@@ -197,11 +199,14 @@ class StreamDecoder:
                 new_states.pop(entry.name, None)
             out[entry.name] = x
             dtypes[entry.name] = entry.dtype
+            if codec.lossy:
+                lossy.add(entry.name)
         self.states = new_states
         if env.stream is not None:
             self.expected_seq = env.stream["seq"] + 1
         self.last_meta = env.meta
         self.last_dtypes = dtypes
+        self.last_lossy = lossy
         return out
 
     def _check_stream(self, env: Envelope) -> dict[str, LayerState]:
