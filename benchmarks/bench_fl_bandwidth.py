@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fl_common import RESULTS, ROOT, SCRATCH, provenance, pyplot, run_parallel, write_json  # noqa: E402
+from bench_fl_common import (  # noqa: E402
+    RESULTS,
+    ROOT,
+    SCRATCH,
+    provenance,
+    pyplot,
+    run_parallel,
+    save_figure,
+    write_json,
+)
 
 CODECS = ("grad", "fast", "sz3", "lossless", "none")
 UPLINKS = (1.0, 10.0, 100.0)
@@ -78,11 +87,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         a.set_title(title)
         a.grid(alpha=0.3, axis="y")
         a.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fl_common import RESULTS, SCRATCH, provenance, pyplot, write_json  # noqa: E402
+from bench_fl_common import RESULTS, SCRATCH, provenance, pyplot, save_figure, write_json  # noqa: E402
 
 
 def _run_one(job: dict[str, Any]) -> dict[str, Any]:
@@ -97,11 +97,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         a.set_xlabel("clients")
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

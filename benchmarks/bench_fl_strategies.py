@@ -34,7 +34,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fl_common import RESULTS, ROOT, SCRATCH, provenance, pyplot, run_parallel, write_json  # noqa: E402
+from bench_fl_common import (  # noqa: E402
+    RESULTS,
+    ROOT,
+    SCRATCH,
+    provenance,
+    pyplot,
+    run_parallel,
+    save_figure,
+    write_json,
+)
 
 STRATEGIES = ("fedavg", "fedasync", "fedbuff", "fedfa", "fedfa+redispatch=random")
 
@@ -161,11 +170,7 @@ def plot(runs: list[dict[str, Any]], table: dict[str, Any], path: Path) -> Path:
             ax.annotate(label, (x, vals[x]), ha="center", va="bottom", fontsize=9)
         ax.set_ylabel("median simulated seconds to target")
         ax.set_title(f"{part}: time to target (speedup vs FedAvg)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
