@@ -28,6 +28,10 @@ from .errors import PayloadError
 
 #: sub-step resolution of magnitude features (integers of 1/8 quantization step).
 _FRAC = 8
+#: resolution of the channel-scale means (1/1024 of a code), and the half-octave shift that
+#: puts the channel feature on the same scale as the temporal one (1/8 step).
+_SCALE_FRAC = 1024
+_SCALE_SHIFT = 14
 #: a context is merged into its neighbour below this many elements (model learning cost).
 MIN_CONTEXT_SIZE = 1024
 SIGN_CLIP = 2
@@ -83,11 +87,12 @@ def channel_scales(codes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     dead channels (ReLU units that never fired, unused inputs) are common in FL updates.
     """
     a = np.abs(codes.astype(np.int64)).reshape(shape[0], shape[1], -1)
-    rows = a.sum(axis=(1, 2)) * _FRAC // (a.size // shape[0])
-    cols = a.sum(axis=(0, 2)) * _FRAC // (a.size // shape[1])
+    # means in 1/_SCALE_FRAC of a code: fine enough for sparse codes at loose bounds
+    rows = a.sum(axis=(1, 2)) * _SCALE_FRAC // (a.size // shape[0])
+    cols = a.sum(axis=(0, 2)) * _SCALE_FRAC // (a.size // shape[1])
     rows[(rows == 0) & (a.sum(axis=(1, 2)) > 0)] = 1  # non-zero rows never look dead
     cols[(cols == 0) & (a.sum(axis=(0, 2)) > 0)] = 1
-    total = np.array([max(a.sum() * _FRAC // a.size, 1)])
+    total = np.array([max(a.sum() * _SCALE_FRAC // a.size, 1)])
     return np.clip(half_octaves(np.concatenate([rows, cols, total])), _LOG_FLOOR, _LOG_CEIL)
 
 
@@ -117,7 +122,7 @@ def magnitude_contexts(
     if scales is not None:
         rows, cols, total = scales[: shape[0]], scales[shape[0] : shape[0] + shape[1]], scales[-1]
         rest = n // (shape[0] * shape[1])
-        f = rows[:, None] + cols[None, :] - total
+        f = rows[:, None] + cols[None, :] - total - _SCALE_SHIFT
         feats.append(np.repeat(f.reshape(-1), rest))
         d = (rows[:, None] == _LOG_FLOOR) | (cols[None, :] == _LOG_FLOOR)
         dead = np.repeat(d.reshape(-1), rest) if d.any() else None
