@@ -130,16 +130,15 @@ class GradCodec(BoundedCodec):
             )
         q = quantize(x, abs_eb, pred)
         ans = AnsWriter()
-        scales = None
         temporal = prev if flags & F_TEMPORAL else None
         if flags & F_SCALES:
-            scales = channel_scales(q.codes, shape)
-            if not _scales_pay(q.codes, scales, temporal, shape, abs_eb):
-                flags &= ~F_SCALES
-                scales = None
-        if scales is not None:
+            scales, ctx, n_ctx = _choose_contexts(q.codes, shape, abs_eb, temporal)
+        else:
+            scales, (ctx, n_ctx) = None, magnitude_contexts(shape, abs_eb, None, temporal)
+        if scales is None:
+            flags &= ~F_SCALES
+        else:
             write_scales(ans, scales)
-        ctx, n_ctx = magnitude_contexts(shape, abs_eb, scales, temporal)
         write_magnitudes(ans, np.abs(q.codes), ctx, n_ctx)
         if flags & F_KSIGN:
             write_kernel_signs(ans, q.codes, shape, basis=bool(flags & F_SIGNBASIS))
@@ -211,24 +210,22 @@ class GradCodec(BoundedCodec):
         return recon.reshape(shape)
 
 
-def _scales_pay(
-    codes: np.ndarray,
-    scales: np.ndarray,
-    temporal: np.ndarray | None,
-    shape: tuple[int, ...],
-    abs_eb: float,
-) -> bool:
-    """Whether the channel-scale side information saves more bits than it costs.
+def _choose_contexts(
+    codes: np.ndarray, shape: tuple[int, ...], abs_eb: float, temporal: np.ndarray | None
+) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+    """(scales or None, contexts, count): the channel scales only where the side information
+    saves more bits than it costs.
 
     Wide layers at loose bounds (e.g. a 512 x 3136 dense layer at REL 1e-1, 0.06 bits/value)
     can spend more on one scale per row and column than the contexts save.
     """
+    scales = channel_scales(codes, shape)
     sym = magnitude_classes(np.abs(codes))[0]
     with_ctx = magnitude_contexts(shape, abs_eb, scales, temporal)
     without = magnitude_contexts(shape, abs_eb, None, temporal)
     side = estimated_bits((scales - scales.min()).astype(np.int64), None, 1, 101)
     gain = estimated_bits(sym, *without, ALPHABET) - estimated_bits(sym, *with_ctx, ALPHABET)
-    return gain > side
+    return (scales, *with_ctx) if gain > side else (None, *without)
 
 
 def _previous(state: LayerState, shape: tuple[int, ...]) -> np.ndarray | None:
