@@ -46,7 +46,7 @@ class PayloadLimits:
         Nesting depth of ``meta`` (the map itself is depth 1).
     """
 
-    max_tensors: int = 65_536
+    max_tensors: int = 16_384
     max_total_elements: int = 2**31
     max_total_bytes: int = 5 * GIB
     max_tensor_bytes: int = 2 * GIB

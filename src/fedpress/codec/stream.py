@@ -209,11 +209,15 @@ class StreamDecoder:
         out: dict[str, np.ndarray] = {}
         dtypes: dict[str, str] = {}
         lossy: set[str] = set()
+        codecs: dict[tuple[str, int], Any] = {}  # entries share their codec table's params dict
         for entry, frame in zip(env.tensors, env.frames, strict=True):
-            try:
-                codec = get_codec(entry.codec, **entry.params)
-            except CodecError as exc:
-                raise PayloadError(f"tensor {entry.name!r}: {exc}") from None
+            key = (entry.codec, id(entry.params))
+            codec = codecs.get(key)
+            if codec is None:
+                try:
+                    codec = codecs[key] = get_codec(entry.codec, **entry.params)
+                except CodecError as exc:
+                    raise PayloadError(f"tensor {entry.name!r}: {exc}") from None
             compute_dtype = np.dtype("float32" if entry.dtype == "bfloat16" else entry.dtype)
             if entry.nbytes > self.limits.max_tensor_bytes:
                 raise PayloadError(
