@@ -43,6 +43,7 @@ from .frame import (
     zstd_compress,
     zstd_decompress,
 )
+from .libheaders import check_sz3_stream, checked_zfp_stream
 
 KIND_EMPTY, KIND_EXACT, KIND_LOSSY = 0, 1, 2
 #: more patched elements than this share of the tensor -> store it exactly instead.
@@ -164,6 +165,16 @@ class LibraryBoundedCodec(BoundedCodec):
         """Flat array of ``n`` elements in ``dtype`` (the work dtype)."""
         raise NotImplementedError
 
+    def library_stream(
+        self, blob: bytes, shape: tuple[int, ...], work: np.dtype, eb: float
+    ) -> bytes:
+        """The stream to hand to the library, after checking its header against the entry.
+
+        Raises ``PayloadError`` when the stream's own header disagrees with the shape, dtype or
+        bound (``libheaders.py``); the C library never sees such a stream.
+        """
+        return blob
+
     def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
         x = native(x)
         check_dtype(x)
@@ -180,7 +191,8 @@ class LibraryBoundedCodec(BoundedCodec):
         flat = np.ascontiguousarray(x.reshape(-1), dtype=work)
         try:
             blob = self.compress(flat, x.shape, eb)
-            recon = to_output(self.decompress(blob, x.size, work), x.dtype)
+            checked = self.library_stream(blob, x.shape, work, eb)  # as the decoder will
+            recon = to_output(self.decompress(checked, x.size, work), x.dtype)
         except Exception:  # a library failure must not break the promise
             return exact_frame(x)
         bad = violations(x, recon, abs_eb)
@@ -223,8 +235,10 @@ class LibraryBoundedCodec(BoundedCodec):
             raise PayloadError(f"{self.name} stream fails its CRC32 check")
         index, values = read_verbatim(r, n, dtype.newbyteorder("="))
         r.done()
+        work = work_dtype(dtype)
+        blob = self.library_stream(blob, tuple(shape), work, backend_bound(abs_eb, dtype))
         try:
-            recon = self.decompress(blob, n, work_dtype(dtype))
+            recon = self.decompress(blob, n, work)
         except Exception as exc:  # library errors come in every flavour
             raise PayloadError(f"{self.name} stream does not decode ({exc})") from None
         out = to_output(recon, dtype)
@@ -250,6 +264,12 @@ class Sz3Base(LibraryBoundedCodec):
     def decompress(self, blob: bytes, n: int, dtype: np.dtype) -> np.ndarray:
         out = sz.decompress(np.frombuffer(blob, dtype=np.uint8), dtype.type, (n,))[0]
         return checked_output(out, n, dtype, self.name)
+
+    def library_stream(
+        self, blob: bytes, shape: tuple[int, ...], work: np.dtype, eb: float
+    ) -> bytes:
+        check_sz3_stream(blob, math.prod(shape), int(self.algorithm), eb)
+        return blob
 
 
 @register_codec
@@ -287,6 +307,11 @@ class ZfpCodec(LibraryBoundedCodec):
 
     def decompress(self, blob: bytes, n: int, dtype: np.dtype) -> np.ndarray:
         return checked_output(zfpy.decompress_numpy(blob), n, dtype, self.name)
+
+    def library_stream(
+        self, blob: bytes, shape: tuple[int, ...], work: np.dtype, eb: float
+    ) -> bytes:
+        return checked_zfp_stream(blob, zfp_layout(shape), work, eb)
 
 
 def zfp_layout(shape: tuple[int, ...]) -> tuple[int, ...]:
