@@ -53,3 +53,13 @@ def quick_config(strategy: str = "fedavg", clients: int = 8, **sections: Any):
     overrides = [f"{k.replace('__', '.')}={v}" for k, v in sections.items()]
     return load_config(base, overrides)
 
+
+
+def mlp_digits_inputs(clients: int = 4) -> SimulationInputs:
+    """Digits with the registry MLP, whose weights are large enough for the lossy codecs."""
+    import dataclasses
+
+    from fedpress.models import build_model
+
+    return dataclasses.replace(digits_inputs(clients=clients),
+                               model_fn=lambda: build_model("mlp", 1, 10, 8))

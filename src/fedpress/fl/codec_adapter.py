@@ -20,9 +20,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedpress.codec.errors import PayloadError
+from fedpress.codec.limits import DEFAULT_LIMITS, PayloadLimits
 from fedpress.codec.routing import Policy
 from fedpress.codec.stream import StreamDecoder, StreamEncoder
-from fedpress.codec.wire import TensorEntry, unpack
+from fedpress.codec.wire import TensorEntry, read_manifest
 
 from .types import Tensors
 
@@ -77,10 +78,29 @@ def make_encoder(spec: CodecSpec | None, stream_id: str) -> StreamEncoder:
     return StreamEncoder(policy_for(spec), stream_id=stream_id)
 
 
-def make_decoder(spec: CodecSpec | None = None) -> StreamDecoder:
-    """A decoder for one stream; payloads describe themselves, so ``spec`` is not needed to
-    decode (receivers check the codec names against :func:`accepted_codecs` first)."""
-    return StreamDecoder()
+def make_decoder(
+    spec: CodecSpec | None = None,
+    *,
+    accept: frozenset[str] | None = None,
+    limits: PayloadLimits | None = None,
+) -> StreamDecoder:
+    """A decoder for one stream. Payloads describe themselves; ``accept`` (default: the codecs
+    ``spec`` routes to, or any when no spec is given) and ``limits`` bound what it takes."""
+    if accept is None and spec is not None:
+        accept = accepted_codecs(spec)
+    return StreamDecoder(accept=accept, limits=limits)
+
+
+def model_limits(params: Tensors) -> PayloadLimits:
+    """Payload limits that fit exactly one update of this model (what a server expects):
+    its tensor count, element total and byte sizes (as float32 or wider)."""
+    sizes = [int(np.asarray(v).size) * max(np.asarray(v).dtype.itemsize, 4) for v in params.values()]
+    return DEFAULT_LIMITS.replace(
+        max_tensors=max(len(params), 1),
+        max_total_elements=max(sum(int(np.asarray(v).size) for v in params.values()), 1),
+        max_total_bytes=max(sum(sizes), 1),
+        max_tensor_bytes=max(max(sizes, default=1), 1),
+    )
 
 
 def check_manifest(
@@ -108,12 +128,13 @@ def check_manifest(
 def decode_checked(
     decoder: StreamDecoder, payload: bytes, params: Tensors, accept: frozenset[str] | None
 ) -> tuple[Tensors, float]:
-    """Read the manifest, check it against the model and ``accept``, then decode; measures
-    wall seconds. Raises ``CodecError`` (the decoder's state is untouched on refusal)."""
+    """Read the manifest under the decoder's limits, check it against the model and
+    ``accept``, and only then decode; measures wall seconds. Raises ``CodecError`` (the
+    decoder's state is untouched on refusal)."""
     t0 = time.perf_counter()
-    env = unpack(payload)
-    check_manifest(env.tensors, params, accept)
-    tensors = decoder.decode_envelope(env)
+    entries = read_manifest(payload, decoder.limits, accept)
+    check_manifest(entries, params, accept)
+    tensors = decoder.decode(payload)
     return tensors, time.perf_counter() - t0
 
 

@@ -30,6 +30,7 @@ from .codec_adapter import (
     load_decoder_state,
     make_decoder,
     make_encoder,
+    model_limits,
 )
 from .context import ServerContext
 from .params import num_bytes
@@ -121,6 +122,7 @@ class Server:
         if accept is None and uplink is not None:
             accept = accepted_codecs(uplink)
         self.accept = accept
+        self.limits = model_limits(params)
         self.needs_keyframe: set[int] = set()
         self._decoders: dict[int, StreamDecoder] = {}
         self._down_encoders: dict[int, StreamEncoder] = {}
@@ -258,7 +260,7 @@ class Server:
         self.ctx.in_flight.discard(c)
         dec = self._decoders.get(c)
         if dec is None:
-            dec = self._decoders[c] = make_decoder()
+            dec = self._decoders[c] = make_decoder(accept=self.accept, limits=self.limits)
         staleness = self.version - r.base_version
         status, reason, dec_s = "accepted", None, 0.0
         try:
@@ -410,7 +412,7 @@ class Server:
         self.needs_keyframe = {int(c) for c in sd["needs_keyframe"]}
         self._decoders = {}
         for c, dsd in sd["decoders"].items():
-            dec = self._decoders[int(c)] = make_decoder()
+            dec = self._decoders[int(c)] = make_decoder(accept=self.accept, limits=self.limits)
             load_decoder_state(dec, dsd)
         self._down_encoders = {}
         for c, esd in sd["down_encoders"].items():
