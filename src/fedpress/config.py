@@ -136,7 +136,11 @@ class ClientsConfig(Strict):
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     timing: Literal["modeled", "measured"] = "modeled"
-    codec_mb_per_s: float = Field(100.0, gt=0, description="modeled codec throughput, MB/s")
+    codec_mb_per_s: float | None = Field(
+        None, gt=0,
+        description="one fixed codec throughput (MB/s) for every non-raw codec; default: each "
+        "codec's own throughput, calibrated on this machine",
+    )
 
 
 class RunConfig(Strict):

@@ -18,9 +18,10 @@ from .client import ClientRunner, LocalTrainer, TrainSpec
 from .codec_adapter import CodecSpec
 from .evaluate import Evaluator
 from .params import get_params
-from .profiles import TimingModel, make_profiles
+from .profiles import make_profiles
 from .server import Server, StopRule
 from .strategies import build_strategy
+from .timing import TimingModel
 
 
 @dataclass
@@ -63,7 +64,9 @@ def build_server(
     def client(cid: int) -> ClientRunner:
         return ClientRunner(cid, trainer, parts[cid], uplink, seed)
 
-    timing = TimingModel(cfg.clients.timing, cfg.clients.codec_mb_per_s)
+    timing = TimingModel.for_links(
+        cfg.clients.timing, uplink, codec_spec(cfg.codec.downlink), cfg.clients.codec_mb_per_s
+    )
     transport = InProcessTransport(client, make_profiles(n, cfg.clients, seed), timing)
     evaluator = Evaluator(
         inputs.model_fn(), _tensor(inputs.test_x), _tensor(inputs.test_y), cfg.run.eval_batch
@@ -84,4 +87,5 @@ def build_server(
         timing=timing,
         seed=seed,
         on_progress=on_progress,
+        uplink=uplink,
     )
