@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -174,6 +175,8 @@ def build(cfg: ExperimentConfig, out: Path, args: argparse.Namespace) -> dict[st
             transport.wait_stopped(transport.seen_clients(), timeout=3 * args.heartbeat + 2)
         finally:
             grpc_server.stop(grace=1.0).wait()
+    if ckpt_dir is None:
+        shutil.rmtree(out / "journal", ignore_errors=True)
     if state is not None:
         summary = summarize(read_events(out), cfg.run.target_accuracy)
     summary.update(

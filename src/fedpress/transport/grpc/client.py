@@ -196,6 +196,7 @@ class GrpcClient:
         reply = self._retry("upload", lambda: self.stub.Upload(self._chunks(task_id, r), metadata=self.md))
         if reply.accepted:
             self.stats.uploads += 1
+            self.on_event(f"client {self.client_id}: result of task {task_id} accepted ({len(r.payload)} bytes)")
         else:
             self.stats.refused_uploads += 1
             self.on_event(f"result of {task_id} not accepted: {reply.reason}")
@@ -224,10 +225,6 @@ class GrpcClient:
                 if self._stop.is_set():
                     break
                 self._upload(header.task_id, result)
-                self.on_event(
-                    f"client {self.client_id}: task {header.task_id} (v{header.version}) done, "
-                    f"{len(result.payload)} bytes up"
-                )
         finally:
             self._stop.set()
             self.channel.close()

@@ -174,6 +174,8 @@ class GrpcTransport(Transport):
     def _arrival(self, p: _Pending) -> Arrival:
         h, task = p.header, p.task
         payload = p.path.read_bytes() if p.path is not None else b""
+        if p.path is not None and self.checkpoint is None:
+            self.journal.trim(p.seq)  # nothing to resume from: the entry has done its job
         cid = task.client_id
         claimed = int(h.get("num_samples", 0))
         num_samples = self.shard_sizes[cid] if self.shard_sizes is not None else claimed
@@ -199,6 +201,7 @@ class GrpcTransport(Transport):
             "wall_fetch_wait_s": max(0.0, task.fetched_at - task.dispatched_at) if task.sent else 0.0,
             "wall_download_s": task.download_s,
             "wire_bytes_down": float(task.wire_down),
+            "task_seq": float(task.task_id.rsplit("-", 1)[-1]),
         }
         return Arrival(result, p.time, task.dispatched_at, task.bytes_down, sim)
 
