@@ -140,6 +140,7 @@ DELEGATED = {
     "server": (".deploy.server", "main_server", "serve a federated run over gRPC"),
     "client": (".deploy.client", "main_client", "join a gRPC federated run as one client"),
     "launch": (".deploy.launch", "main_launch", "a gRPC server and N clients on this machine"),
+    "llm": (".llm.cli", "main", "federated LoRA fine-tuning of causal LMs"),
 }
 
 
