@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedpress.codec.base import available_codecs, get_codec
-from fedpress.codec.errors import CodecError
+from fedpress.codec.errors import CodecError, PayloadError
 from fedpress.codec.wire import Envelope, TensorEntry, unpack
 
 from . import fixedrate  # noqa: F401  (registers the ``fixedrate`` codec)
@@ -106,12 +106,20 @@ class DecodeTiming:
     device_bytes: int = 0
 
 
-def decode_expert(payload: bytes | memoryview, device: Any = "cpu") -> tuple[dict[str, Any], DecodeTiming]:
-    """Verify checksums and rebuild the tensors on ``device`` (``PayloadError`` if corrupted)."""
+def decode_expert(
+    payload: bytes | memoryview, device: Any = "cpu", expect: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], DecodeTiming]:
+    """Verify checksums (and that the meta matches ``expect``), rebuild the tensors on ``device``.
+
+    Raises ``PayloadError`` on a corrupted payload or one that names another expert.
+    """
     import torch
 
     t0 = time.perf_counter()
     env = unpack(bytes(payload))
+    for key, value in (expect or {}).items():
+        if env.meta.get(key) != value:
+            raise PayloadError(f"payload is for {key} {env.meta.get(key)!r}, expected {value!r}")
     out: dict[str, Any] = {}
     timing = DecodeTiming()
     dev = torch.device(device)
