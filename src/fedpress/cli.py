@@ -73,6 +73,7 @@ DELEGATED = {
     "record-traces": (".traces", "main_record", "record real FL pseudo-gradient traces"),
     "run": (".fl.run", "main_run", "run a federated experiment from a config"),
     "plot": (".fl.run", "main_plot", "redraw the plots of a run directory"),
+    "moe": (".moe.cli", "main", "MoE inference with compressed, offloaded experts"),
 }
 
 

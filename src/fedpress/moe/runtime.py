@@ -136,7 +136,7 @@ class OffloadRuntime:
     """A model whose experts live in an ``ExpertStore`` and a budgeted ``ExpertCache``."""
 
     def __init__(self, model: nn.Module, store: ExpertStore, slots: int, policy: str = "lru",
-                 prefetch: bool = False, device: Any = "cpu") -> None:
+                 prefetch: bool = False, device: Any = "cpu", keep: bool = False) -> None:
         self.model, self.store, self.device = model, store, torch.device(device)
         self.layers = find_moe_layers(model)
         self.cache = ExpertCache(
@@ -145,6 +145,8 @@ class OffloadRuntime:
         )
         self._hooks: list[Any] = []
         self.lookaheads: list[Lookahead] = []
+        #: with ``keep`` the resident experts are kept so that ``close`` puts them back (benchmarks)
+        self._kept = [(x, x.block.experts) for x in self.layers if x.fused] if keep else []
         for layer in self.layers:
             if layer.fused:
                 act = layer.experts.act_fn
@@ -160,9 +162,15 @@ class OffloadRuntime:
                 self._hooks.append(cur.decoder.register_forward_pre_hook(la, with_kwargs=True))
 
     def close(self) -> None:
+        """Stop prefetching, drop the cache and (with ``keep``) restore the resident experts."""
         for h in self._hooks:
             h.remove()
+        self._hooks.clear()
         self.cache.close()
+        self.cache.clear()
+        for layer, experts in self._kept:
+            layer.block.experts = experts
+        self._kept.clear()
 
 
 def offload(model: nn.Module, plan: CodecPlan | str, budget: int | float | str = "25%",
