@@ -141,6 +141,7 @@ DELEGATED = {
     "client": (".deploy.client", "main_client", "join a gRPC federated run as one client"),
     "launch": (".deploy.launch", "main_launch", "a gRPC server and N clients on this machine"),
     "llm": (".llm.cli", "main", "federated LoRA fine-tuning of causal LMs"),
+    "moe": (".moe.cli", "main", "MoE inference with compressed, offloaded experts"),
 }
 
 
