@@ -100,6 +100,13 @@ class ClientPool:
         result = runner.run(payload, version)
         return result, int(getattr(runner.encoder, "seq", 0))
 
-    def info(self) -> dict[str, int]:
-        """Process id, hosted clients and restored runners (for tests and benchmarks)."""
-        return {"pid": os.getpid(), "clients": len(self.runners), "restored": self.restored}
+    def info(self) -> dict[str, int | str]:
+        """Node, process id, hosted clients and restored runners (tests and benchmarks)."""
+        import ray  # only ever called inside a Ray worker
+
+        return {
+            "node": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "clients": len(self.runners),
+            "restored": self.restored,
+        }

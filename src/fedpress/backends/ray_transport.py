@@ -374,5 +374,9 @@ class RayTransport(Transport):
         )
 
     def stats(self) -> dict[str, Any]:
-        """Counters (dispatches, model puts, retries, failed, waits) and the pool size."""
-        return {**self.counters, "actors": self.pool_size}
+        """Counters (dispatches, model puts, retries, failed, waits), the pool size and, while
+        the pool is up, each actor's ``info()`` (node, pid, clients hosted)."""
+        out: dict[str, Any] = {**self.counters, "actors": self.pool_size}
+        if self.actors:
+            out["actor_info"] = self._ray.get([a.info.remote() for a in self.actors])
+        return out
