@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedpress.backends.config import SimulationConfig
+
 
 class ConfigError(ValueError):
     """A config file, override or value is wrong; the message says which key and why."""
@@ -177,6 +179,7 @@ class ExperimentConfig(Strict):
     codec: CodecConfig = Field(default_factory=CodecConfig)
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     run: RunConfig = Field(default_factory=lambda: RunConfig(rounds=10))
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fedpress.metrics.events import EventLog
+from fedpress.transport.base import Transport
 from fedpress.transport.inprocess import InProcessTransport
 
 from .client import ClientRunner, LocalTrainer, TrainSpec
@@ -57,17 +58,28 @@ def build_server(
     params = get_params(inputs.model_fn())
     t = cfg.train
     spec = TrainSpec(t.lr, t.momentum, t.wd, t.batch, t.local_epochs, t.local_steps)
-    trainer = LocalTrainer(inputs.model_fn(), _tensor(inputs.train_x), _tensor(inputs.train_y), spec)
     uplink = codec_spec(cfg.codec)
     parts = inputs.parts
-
-    def client(cid: int) -> ClientRunner:
-        return ClientRunner(cid, trainer, parts[cid], uplink, seed)
-
     timing = TimingModel.for_links(
         cfg.clients.timing, uplink, codec_spec(cfg.codec.downlink), cfg.clients.codec_mb_per_s
     )
-    transport = InProcessTransport(client, make_profiles(n, cfg.clients, seed), timing)
+    profiles = make_profiles(n, cfg.clients, seed)
+    transport: Transport
+    if cfg.simulation.backend == "ray":  # ray is an optional extra: imported only when chosen
+        from fedpress.backends.ray_transport import RayTransport
+
+        transport = RayTransport.from_inputs(
+            cfg.simulation, inputs, spec, uplink, seed, profiles, timing, cfg.run.torch_threads
+        )
+    else:
+        trainer = LocalTrainer(
+            inputs.model_fn(), _tensor(inputs.train_x), _tensor(inputs.train_y), spec
+        )
+
+        def client(cid: int) -> ClientRunner:
+            return ClientRunner(cid, trainer, parts[cid], uplink, seed)
+
+        transport = InProcessTransport(client, profiles, timing)
     evaluator = Evaluator(
         inputs.model_fn(), _tensor(inputs.test_x), _tensor(inputs.test_y), cfg.run.eval_batch
     )
