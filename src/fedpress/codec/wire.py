@@ -223,7 +223,7 @@ def unpack(
         raise PayloadError(f"payload has {len(body) - expected} unexpected trailing bytes")
     frames = []
     for t in man.tensors:
-        frame = bytes(body[t.offset : t.offset + t.length])
+        frame = body[t.offset : t.offset + t.length]  # a view: frames are not copied
         if zlib.crc32(frame) != t.crc32:
             raise PayloadError(f"tensor {t.name!r} is corrupted (checksum mismatch)")
         frames.append(frame)
