@@ -56,12 +56,29 @@ def time_decode(payload: bytes, repeats: int) -> list[float]:
     return times
 
 
+def time_lookup(payload: bytes, repeats: int) -> float:
+    """Median ms to build the codec of every tensor entry, as the decoder does per payload."""
+    from fedpress.codec.base import get_codec
+    from fedpress.codec.wire import unpack
+
+    entries = unpack(payload).tensors
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        for t in entries:
+            get_codec(t.codec, **t.params)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times[1:])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--label", required=True, help="name of this measurement (before/after)")
     p.add_argument("--codecs", default="grad,fast,zstd")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "decode_cache.json"))
+    p.add_argument("--git-commit", default=None,
+                   help="commit of the timed tree when it is not a git checkout (git archive)")
     args = p.parse_args()
 
     import fedpress
@@ -79,16 +96,18 @@ def main() -> int:
         times = time_decode(payload, args.repeats)
         results.append({"codec": codec, "tensors": len(update), "payload_bytes": len(payload),
                         "decode_ms_median": 1e3 * statistics.median(times),
-                        "decode_ms_all": [1e3 * t for t in times]})
+                        "decode_ms_all": [1e3 * t for t in times],
+                        "codec_lookup_ms_median": time_lookup(payload, args.repeats)})
         print(f"{args.label:7s} {codec:5s} {len(update)} tensors, {len(payload)} B: "
-              f"decode median {results[-1]['decode_ms_median']:.1f} ms", flush=True)
+              f"decode median {results[-1]['decode_ms_median']:.1f} ms, codec lookups "
+              f"{results[-1]['codec_lookup_ms_median']:.2f} ms", flush=True)
     from fedpress.bench.machine import machine_info
 
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {"runs": []}
     report["runs"] = [r for r in report["runs"] if r["label"] != args.label]
     report["runs"].append({"label": args.label, "command": " ".join([sys.executable, *sys.argv]),
-                           "source_tree": str(src), "git_commit": commit,
+                           "source_tree": str(src), "git_commit": args.git_commit or commit,
                            "machine": machine_info(), "results": results})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))

@@ -83,6 +83,16 @@ class Policy:
             self._cache[key] = get_codec(rule.codec, **rule.params)
         return self._cache[key]
 
+    def codec_names(self) -> frozenset[str]:
+        """Every codec this policy can put in a payload: what a receiver should ``accept``.
+
+        ``zstd`` is included when NaN/Inf may be sent losslessly.
+        """
+        names = {rule.codec for rule in self.rules}
+        if self.nonfinite == "lossless":
+            names.add("zstd")
+        return frozenset(names)
+
     def route(self, name: str, x: np.ndarray) -> Codec:
         role = tensor_role(name, x)
         for rule in self.rules:

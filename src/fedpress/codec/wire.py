@@ -113,7 +113,7 @@ class Envelope:
     """Header fields + frames; ``pack``/``unpack`` are the only (de)serialisers."""
 
     tensors: list[TensorEntry]
-    frames: list[bytes]
+    frames: list[bytes | memoryview]  # received frames are views into the payload
     stream: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
