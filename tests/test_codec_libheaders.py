@@ -113,7 +113,7 @@ payload = StreamEncoder(Policy.uniform(name, mode="abs", eb=1e-3), "s").encode({
 env = unpack(payload)
 r = FrameReader(env.frames[0])
 kind, abs_eb, _ = r.unpack("BdI")
-blob = r.section()
+blob = bytes(r.section())
 rest = bytes(r._data[r._pos:])
 assert kind == 2, "expected a lossy frame"
 head = 12 if name == "zfp" else 16

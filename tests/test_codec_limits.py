@@ -326,3 +326,16 @@ def test_empty_tensors_at_the_count_limit_decode_quickly(tmp_path: Path) -> None
     line, seconds = run_child(DECODE_IN_CHILD, payload, tmp_path)
     assert line == f"decoded {n}", line
     assert seconds < 10
+
+
+def test_policy_codec_names_is_the_accept_set() -> None:
+    policy = Policy.default("grad", mode="rel", eb=1e-2)
+    assert policy.codec_names() == {"grad", "zstd"}
+    assert Policy.uniform("raw").codec_names() == {"raw", "zstd"}
+    assert Policy([*Policy.uniform("fast").rules[:1]], nonfinite="lossless").codec_names() == {
+        "fast", "zstd"}
+    tensors = {"w": np.random.default_rng(2).standard_normal((40, 40)).astype(np.float32),
+               "b": np.zeros(40, np.float32), "n": np.arange(4)}
+    payload = StreamEncoder(policy).encode(tensors)
+    out = StreamDecoder(accept=policy.codec_names()).decode(payload)
+    assert set(out) == set(tensors)

@@ -101,10 +101,15 @@ def le_bytes(x: np.ndarray) -> bytes:
 
 
 def from_le_bytes(raw: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A writable array of ``dtype`` from little-endian bytes (one copy, none if ``raw`` is a
+    writable buffer of the right byte order)."""
     n = element_count(shape)
     if len(raw) != n * dtype.itemsize:
         raise PayloadError(f"frame holds {len(raw)} bytes, expected {n * dtype.itemsize}")
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+    if arr.dtype != dtype or not arr.flags.writeable:
+        arr = arr.astype(dtype)
+    return arr.reshape(shape)
 
 
 def exact_frame(x: np.ndarray) -> bytes:
@@ -136,7 +141,11 @@ def to_output(recon: np.ndarray, dtype: np.dtype) -> np.ndarray:
     keeps a float32 value just above 65504 from turning into an infinite float16.
     """
     top = float(np.finfo(dtype).max)
-    return np.clip(recon, -top, top).astype(dtype)
+    if recon.flags.writeable:
+        np.clip(recon, -top, top, out=recon)  # the library's array is ours: no copy
+    else:
+        recon = np.clip(recon, -top, top)
+    return recon.astype(dtype, copy=False)
 
 
 def violations(x: np.ndarray, recon: np.ndarray, abs_eb: float) -> np.ndarray:
@@ -306,7 +315,7 @@ class ZfpCodec(LibraryBoundedCodec):
         return zfpy.compress_numpy(flat.reshape(zfp_layout(shape)), tolerance=float(eb))
 
     def decompress(self, blob: bytes, n: int, dtype: np.dtype) -> np.ndarray:
-        return checked_output(zfpy.decompress_numpy(blob), n, dtype, self.name)
+        return checked_output(zfpy.decompress_numpy(bytes(blob)), n, dtype, self.name)
 
     def library_stream(
         self, blob: bytes, shape: tuple[int, ...], work: np.dtype, eb: float
@@ -537,7 +546,7 @@ class ZstdCodec(Codec):
         dtype = numeric_dtype(dtype)
         if not frame:
             raise PayloadError("zstd frame is empty")
-        mode, body = frame[0], frame[1:]
+        mode, body = frame[0], memoryview(frame)[1:]
         size = element_count(shape) * dtype.itemsize
         if mode == 0:
             raw = body
@@ -545,7 +554,10 @@ class ZstdCodec(Codec):
             raw = zstd_decompress(body, size)
         elif mode == 2:
             flat = np.frombuffer(zstd_decompress(body, size), dtype=np.uint8)
-            raw = flat.reshape(dtype.itemsize, -1).T.tobytes()
+            out = np.empty(size, dtype=np.uint8)  # unshuffled straight into the output bytes
+            out.reshape(-1, dtype.itemsize)[:] = flat.reshape(dtype.itemsize, -1).T
+            del flat
+            raw = out
         else:
             raise PayloadError(f"unknown zstd frame mode {mode}")
         return from_le_bytes(raw, shape, dtype)

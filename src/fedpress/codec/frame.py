@@ -45,11 +45,12 @@ class FrameReader:
         self._pos += size
         return out
 
-    def section(self) -> bytes:
+    def section(self) -> memoryview:
+        """The next length-prefixed section, as a view (no copy)."""
         (n,) = self.unpack("I")
         if self._pos + n > len(self._data):
             raise PayloadError("frame is truncated")
-        out = bytes(self._data[self._pos : self._pos + n])
+        out = self._data[self._pos : self._pos + n]
         self._pos += n
         return out
 

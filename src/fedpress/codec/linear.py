@@ -23,7 +23,7 @@ from .entropy import (
     AnsReader,
     AnsWriter,
     read_magnitudes,
-    read_symbols,
+    read_model,
     write_magnitudes,
     write_symbols,
 )
@@ -68,11 +68,28 @@ def write_signs(w: AnsWriter, codes: np.ndarray) -> None:
 
 
 def read_signs(r: AnsReader, mags: np.ndarray) -> np.ndarray:
-    nz = np.flatnonzero(mags)
-    neg = read_symbols(r, nz.size)
-    codes = mags.copy()
-    codes[nz[neg == 1]] *= -1
-    return codes
+    """Apply the signs to ``mags`` in place (it becomes the codes; no copy of the tensor).
+
+    One model, then the sign bits read chunk by chunk (ANS decoding continues across calls), so
+    the position lists never cover the whole tensor at once.
+    """
+    if not np.count_nonzero(mags):
+        return mags
+    model, top = read_model(r)
+    flat = mags.reshape(-1)
+    for i in range(0, flat.size, _SIGN_CHUNK):
+        chunk = flat[i : i + _SIGN_CHUNK]
+        nz = np.flatnonzero(chunk)
+        if not nz.size or model is None:
+            continue  # no model: every sign is positive
+        neg = r.read(nz.size, model)
+        if neg.max() > top:
+            raise PayloadError("decoded symbol outside its model's alphabet")
+        chunk[nz[neg == 1]] *= -1
+    return mags
+
+
+_SIGN_CHUNK = 1 << 18
 
 
 def check_abs_eb(abs_eb: float) -> float:

@@ -27,6 +27,15 @@ from .wire import Envelope, TensorEntry, unpack
 _EMPTY_FINGERPRINT = "0" * 16
 
 
+@dataclass(frozen=True)
+class TaggedArray:
+    """A numpy array standing for a tensor of another dtype (bfloat16 widened to float32
+    exactly), for callers that have no torch; the wire entry records ``dtype``."""
+
+    values: np.ndarray
+    dtype: str
+
+
 def to_numpy(x: Any) -> tuple[np.ndarray, str]:
     """(array for the codecs, dtype name to restore); torch tensors and bfloat16 included.
 
@@ -38,6 +47,8 @@ def to_numpy(x: Any) -> tuple[np.ndarray, str]:
         if name == "bfloat16":
             return t.float().numpy(), "bfloat16"  # exact widening
         return t.numpy(), name
+    if isinstance(x, TaggedArray):
+        return native(np.asarray(x.values)), x.dtype
     a = native(np.asarray(x))
     return a, a.dtype.name
 

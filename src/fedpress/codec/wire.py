@@ -113,7 +113,7 @@ class Envelope:
     """Header fields + frames; ``pack``/``unpack`` are the only (de)serialisers."""
 
     tensors: list[TensorEntry]
-    frames: list[bytes]
+    frames: list[bytes | memoryview]  # received frames are views into the payload
     stream: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -223,7 +223,7 @@ def unpack(
         raise PayloadError(f"payload has {len(body) - expected} unexpected trailing bytes")
     frames = []
     for t in man.tensors:
-        frame = bytes(body[t.offset : t.offset + t.length])
+        frame = body[t.offset : t.offset + t.length]  # a view: frames are not copied
         if zlib.crc32(frame) != t.crc32:
             raise PayloadError(f"tensor {t.name!r} is corrupted (checksum mismatch)")
         frames.append(frame)
