@@ -230,6 +230,7 @@ class RunConfig(Strict):
     out_dir: str = "runs"
     eval_batch: int = Field(1000, ge=1)
     plots: bool = True
+    tensorboard: bool = Field(False, description="also write TensorBoard event files in the run dir")
     torch_threads: int | None = Field(
         1, ge=1, description="torch intra-op threads during the run (small models: 1 is fastest)"
     )

@@ -76,7 +76,9 @@ def run_experiment(
     out = Path(run_dir) if run_dir is not None else Path(cfg.run.out_dir) / cfg.run_name()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-    with torch_threads(cfg.run.torch_threads), EventLog(out / EVENTS_FILE, cfg.run.target_accuracy) as log:
+    with torch_threads(cfg.run.torch_threads), EventLog(
+        out / EVENTS_FILE, cfg.run.target_accuracy, tensorboard=cfg.run.tensorboard
+    ) as log:
         server = build_server(cfg, inputs, log, on_progress)
         summary = server.run()
     summary.update(
