@@ -14,7 +14,7 @@ from torch import nn
 from fedpress.metrics.events import EventLog
 from fedpress.transport.inprocess import InProcessTransport
 
-from .client import ClientRunner, LocalTrainer, TrainSpec
+from .client import ClientRunner, LocalTrainer, TrainSpec, UplinkHook
 from .codec_adapter import CodecSpec
 from .evaluate import Evaluator
 from .params import get_params
@@ -49,8 +49,10 @@ def build_server(
     inputs: SimulationInputs,
     log: EventLog | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    uplink_hook: UplinkHook | None = None,
 ) -> Server:
-    """A ready-to-run :class:`Server` for an ``ExperimentConfig``; weights seeded by run.seed."""
+    """A ready-to-run :class:`Server` for an ``ExperimentConfig``; weights seeded by run.seed.
+    ``uplink_hook`` sees (and may replace) every client delta before it is encoded."""
     seed = cfg.run.seed
     n = len(inputs.parts)
     torch.manual_seed(seed)
@@ -62,7 +64,7 @@ def build_server(
     parts = inputs.parts
 
     def client(cid: int) -> ClientRunner:
-        return ClientRunner(cid, trainer, parts[cid], uplink, seed)
+        return ClientRunner(cid, trainer, parts[cid], uplink, seed, uplink_hook)
 
     timing = TimingModel.for_links(
         cfg.clients.timing, uplink, codec_spec(cfg.codec.downlink), cfg.clients.codec_mb_per_s
