@@ -122,6 +122,8 @@ def test_timing_model_charges_each_codec_its_own_speed():
         TimingModel("sometimes")
     with pytest.raises(ValueError):
         modeled.codec_seconds("sideways", "encode", 1)
+    old = TimingModel("modeled", 50.0)  # the older two-argument form: one throughput, both links
+    assert old.codec_seconds("down", "decode", 100_000_000) == pytest.approx(2.0)
 
 
 def _imports(path) -> set[str]:

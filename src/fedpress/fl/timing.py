@@ -55,6 +55,11 @@ class TimingModel:
     def __post_init__(self) -> None:
         if self.mode not in ("modeled", "measured"):
             raise ValueError(f"timing must be 'modeled' or 'measured', got {self.mode!r}")
+        if isinstance(self.up, (int, float)):
+            # older callers: TimingModel(mode, codec_mb_per_s) = one throughput for both links
+            fixed = CodecSpeed(float(self.up), float(self.up))
+            object.__setattr__(self, "up", fixed)
+            object.__setattr__(self, "down", fixed)
 
     def modeled_seconds(self, link: str, op: str, raw_bytes: int) -> float:
         """``raw_bytes`` over the link codec's calibrated throughput for ``op``."""
