@@ -93,8 +93,8 @@ def test_delta_is_before_minus_after(run: tuple[Path, dict]) -> None:
     try:
         torch.manual_seed(CFG.seed)
         spec = TrainSpec(CFG.lr, CFG.momentum, CFG.weight_decay, CFG.batch_size, CFG.local_epochs)
-        trainer = LocalTrainer(build_model("cnn", 1, 10, 8), torch.from_numpy(train.x),
-                               torch.from_numpy(train.y), spec)
+        trainer = LocalTrainer(build_model("cnn", 1, 10, 8), torch.from_numpy(train.x.copy()),
+                               torch.from_numpy(train.y.copy()), spec)
         delta, _, _ = trainer.train(initial, idx, derive_seed(CFG.seed, 1, 0))
         after = {k: v.detach().numpy().copy() for k, v in trainer.model.state_dict().items()}
     finally:
