@@ -122,3 +122,36 @@ def test_timing_model_charges_each_codec_its_own_speed():
         TimingModel("sometimes")
     with pytest.raises(ValueError):
         modeled.codec_seconds("sideways", "encode", 1)
+    old = TimingModel("modeled", 50.0)  # the older two-argument form: one throughput, both links
+    assert old.codec_seconds("down", "decode", 100_000_000) == pytest.approx(2.0)
+
+
+def _imports(path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.level:  # relative: resolve against the package
+                pkg = ".".join(path.relative_to(SRC.parent).with_suffix("").parts[: -node.level])
+                out.add(f"{pkg}.{node.module}")
+            else:
+                out.add(node.module)
+    return out
+
+
+SRC = __import__("pathlib").Path(__file__).resolve().parents[1] / "src" / "fedpress"
+
+
+def test_dependencies_point_downward():
+    """transport never imports the engine (the engine imports transport.base); config never
+    imports the engine (the engine's run entry point imports config); codec imports neither."""
+    for path in (SRC / "transport").glob("*.py"):
+        assert not any(m.startswith("fedpress.fl") for m in _imports(path)), path.name
+    assert not any(m.startswith("fedpress.fl") for m in _imports(SRC / "config.py"))
+    for path in (SRC / "codec").glob("*.py"):
+        bad = [m for m in _imports(path) if m.startswith(("fedpress.fl", "fedpress.transport", "fedpress.config"))]
+        assert not bad, (path.name, bad)

@@ -15,7 +15,7 @@ from fedpress.metrics.events import EventLog
 from fedpress.transport.base import Transport
 from fedpress.transport.inprocess import InProcessTransport
 
-from .client import ClientRunner, LocalTrainer, TrainSpec
+from .client import ClientRunner, LocalTrainer, TrainSpec, UplinkHook
 from .codec_adapter import CodecSpec
 from .evaluate import Evaluator
 from .params import get_params
@@ -50,8 +50,10 @@ def build_server(
     inputs: SimulationInputs,
     log: EventLog | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    uplink_hook: UplinkHook | None = None,
 ) -> Server:
-    """A ready-to-run :class:`Server` for an ``ExperimentConfig``; weights seeded by run.seed."""
+    """A ready-to-run :class:`Server` for an ``ExperimentConfig``; weights seeded by run.seed.
+    ``uplink_hook`` sees (and may replace) every client delta before it is encoded."""
     seed = cfg.run.seed
     n = len(inputs.parts)
     torch.manual_seed(seed)
@@ -68,6 +70,9 @@ def build_server(
     if cfg.simulation.backend == "ray":  # ray is an optional extra: imported only when chosen
         from fedpress.backends.ray_transport import RayTransport
 
+        if uplink_hook is not None:
+            raise ValueError("an uplink hook (trace recording) runs in-process only")
+
         transport = RayTransport.from_inputs(
             cfg.simulation, inputs, spec, uplink, seed, profiles, timing, cfg.run.torch_threads
         )
@@ -77,7 +82,7 @@ def build_server(
         )
 
         def client(cid: int) -> ClientRunner:
-            return ClientRunner(cid, trainer, parts[cid], uplink, seed)
+            return ClientRunner(cid, trainer, parts[cid], uplink, seed, uplink_hook)
 
         transport = InProcessTransport(client, profiles, timing)
     evaluator = Evaluator(

@@ -363,17 +363,22 @@ class FedBuff(Strategy):
 class FedFa(Strategy):
     """Fully asynchronous FIFO window of the K most recent client results (FedFa, 2024).
 
-    ``max_in_flight`` clients (default K) are dispatched at the start; every arrival enters the
+    ``max_in_flight`` clients train at once (default: every client). Every arrival enters the
     window (evicting the oldest once K are held; a fast client may hold several slots) and, once
     the window is full, the global model is updated on *every* arrival:
 
     * ``variant="model"``: ``w = mean(window client models)``, client model ``w_base + delta``;
-    * ``variant="delta"``: ``w <- opt(w, mean(window deltas))`` (each delta is applied on K
-      consecutive updates, so ``eta_g`` around ``1/K`` gives it unit total weight).
+    * ``variant="delta"``: ``w <- opt(w, (1/K) sum(window deltas))``. A delta stays in the
+      window for K consecutive updates, each time with weight ``eta_g / K``, so its total
+      weight is ``eta_g``: ``eta_g = 1`` applies each delta once in all (FedBuff with the same
+      ``eta_g`` gives each delta ``eta_g / K`` in all).
 
-    The arriving client is re-dispatched at once with the new model: nobody waits for anybody
-    (``redispatch="same"``, the paper's rule, keeps the first ``max_in_flight`` clients the only
-    participants; ``"random"`` hands the freed slot to an idle client drawn at random). With ``staleness_weighting`` the mean is weighted by ``s(tau)`` taken at arrival (model
+    Re-dispatch: ``"same"`` hands the arriving client the new model at once (nobody waits for
+    anybody). Read literally with ``max_in_flight = K < clients``, that keeps the first K
+    clients drawn as the only participants for the whole run; ``"random"`` hands the freed slot
+    to an idle client drawn at random (the arriving one included), so every client takes part.
+    With the default ``max_in_flight`` (all clients) both rules are the same and no client is
+    ever idle. With ``staleness`` the mean is weighted by ``s(tau)`` taken at arrival (model
     variant: normalized by the weight sum; delta variant: by K, like FedBuff).
     """
 
@@ -411,7 +416,7 @@ class FedFa(Strategy):
 
     def select(self, ctx: ServerContext, arrived: int | None) -> list[int]:
         first = arrived if self.redispatch == "same" else None
-        return _fill(ctx, self.max_in_flight or self.K, first=first)
+        return _fill(ctx, self.max_in_flight or ctx.num_clients, first=first)
 
     def accept(self, update: Update, ctx: ServerContext) -> bool:
         if self.variant == "model":
@@ -458,7 +463,7 @@ class FedFa(Strategy):
             "K": self.K,
             "variant": self.variant,
             "staleness_weighting": self.s is not None,
-            "max_in_flight": self.max_in_flight or self.K,
+            "max_in_flight": self.max_in_flight,
             "redispatch": self.redispatch,
         }
 

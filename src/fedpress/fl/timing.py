@@ -55,6 +55,11 @@ class TimingModel:
     def __post_init__(self) -> None:
         if self.mode not in ("modeled", "measured"):
             raise ValueError(f"timing must be 'modeled' or 'measured', got {self.mode!r}")
+        if isinstance(self.up, (int, float)):
+            # older callers: TimingModel(mode, codec_mb_per_s) = one throughput for both links
+            fixed = CodecSpeed(float(self.up), float(self.up))
+            object.__setattr__(self, "up", fixed)
+            object.__setattr__(self, "down", fixed)
 
     def modeled_seconds(self, link: str, op: str, raw_bytes: int) -> float:
         """``raw_bytes`` over the link codec's calibrated throughput for ``op``."""
@@ -118,13 +123,21 @@ def machine_key() -> str:
     return hashlib.blake2b("|".join(parts).encode(), digest_size=8).hexdigest()
 
 
+#: bumped when the calibration method changes, so older cached numbers are not reused
+CALIBRATION_VERSION = 2
+
+
 def _setting_key(spec: CodecSpec, dtype: str) -> str:
-    return f"{spec.name}/{spec.mode}/{spec.eb:g}/{dtype}"
+    return f"v{CALIBRATION_VERSION}/{spec.name}/{spec.mode}/{spec.eb:g}/{dtype}"
 
 
 def calibrate(spec: CodecSpec, dtype: str = "float32", seed: int = 0) -> CodecSpeed:
     """Measure encode/decode throughput of ``spec`` on an update-like tensor (best of a few
-    payloads on one stream after a warm-up, so JIT start-up is not charged to every run)."""
+    payloads on one stream after a warm-up, so JIT start-up is not charged to every run).
+
+    Time is the process's CPU time, not wall time: on a shared, loaded machine wall time
+    counts the time other processes held the CPU, which is not the codec's cost (for a
+    single-threaded codec the two agree on an idle machine)."""
     rng = np.random.default_rng(seed)
     shape = CALIBRATION_SHAPE
     xs = [{"layer.weight": (rng.standard_normal(shape) * 1e-3).astype(dtype)}
@@ -133,11 +146,11 @@ def calibrate(spec: CodecSpec, dtype: str = "float32", seed: int = 0) -> CodecSp
     dec = make_decoder(spec)
     enc_s, dec_s = [], []
     for x in xs:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         payload = enc.encode(x)
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         dec.decode(payload)
-        t2 = time.perf_counter()
+        t2 = time.process_time()
         enc_s.append(t1 - t0)
         dec_s.append(t2 - t1)
     raw = xs[0]["layer.weight"].nbytes
