@@ -31,6 +31,7 @@ from .base import (
     LayerState,
     check_dtype,
     check_finite,
+    native,
     register_codec,
 )
 from .errors import CodecError, PayloadError
@@ -79,7 +80,7 @@ def element_count(shape: tuple[int, ...]) -> int:
 
 
 def float_dtype(dtype: Any) -> np.dtype:
-    dt = np.dtype(dtype)
+    dt = np.dtype(dtype).newbyteorder("=")
     if dt.name not in SUPPORTED_DTYPES:
         raise CodecError(f"unsupported dtype {dt.name}; codecs take {', '.join(SUPPORTED_DTYPES)}")
     return dt
@@ -87,7 +88,7 @@ def float_dtype(dtype: Any) -> np.dtype:
 
 def numeric_dtype(dtype: Any) -> np.dtype:
     """Lossless codecs take any numeric dtype: bool, ints, floats, complex."""
-    dt = np.dtype(dtype)
+    dt = np.dtype(dtype).newbyteorder("=")
     if dt.kind not in "biufc":
         raise CodecError(f"lossless codecs take numeric dtypes, not {dt}")
     return dt
@@ -164,6 +165,7 @@ class LibraryBoundedCodec(BoundedCodec):
         raise NotImplementedError
 
     def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
+        x = native(x)
         check_dtype(x)
         check_finite(x)
         x = np.asarray(x, dtype=x.dtype.newbyteorder("="))  # patches are stored in native order
@@ -322,6 +324,7 @@ class QsgdCodec(Codec):
     name = "qsgd"
     lossy = True
     pointwise_bound = False
+    shareable = False  # each instance owns its random stream
 
     def __init__(self, levels: int = 256, seed: int = 0) -> None:
         if int(levels) != levels or not 1 <= levels <= 65535:
@@ -335,6 +338,7 @@ class QsgdCodec(Codec):
         return {"levels": self.levels, "seed": self.seed}
 
     def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
+        x = native(x)
         check_dtype(x)
         check_finite(x)
         mag = np.abs(x.reshape(-1).astype(np.float64))
@@ -402,6 +406,7 @@ class TopkCodec(Codec):
         return 0 if n == 0 else min(n, max(1, round(self.ratio * n)))
 
     def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
+        x = native(x)
         check_dtype(x)
         check_finite(x)
         flat = x.reshape(-1)
@@ -443,6 +448,7 @@ class Fp16Codec(Codec):
     pointwise_bound = False
 
     def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
+        x = native(x)
         check_dtype(x)
         check_finite(x)
         return np.clip(x, -FP16_MAX, FP16_MAX).astype("<f2").tobytes()
@@ -489,6 +495,7 @@ class ZstdCodec(Codec):
     lossy = False
 
     def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
+        x = native(x)
         numeric_dtype(x.dtype)
         raw = le_bytes(x)
         options = [b"\x00" + raw, b"\x01" + zstd_compress(raw)]

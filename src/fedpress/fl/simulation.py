@@ -14,13 +14,14 @@ from torch import nn
 from fedpress.metrics.events import EventLog
 from fedpress.transport.inprocess import InProcessTransport
 
-from .client import ClientRunner, LocalTrainer, TrainSpec
+from .client import ClientRunner, LocalTrainer, TrainSpec, UplinkHook
 from .codec_adapter import CodecSpec
 from .evaluate import Evaluator
 from .params import get_params
-from .profiles import TimingModel, make_profiles
+from .profiles import make_profiles
 from .server import Server, StopRule
 from .strategies import build_strategy
+from .timing import TimingModel
 
 
 @dataclass
@@ -48,8 +49,10 @@ def build_server(
     inputs: SimulationInputs,
     log: EventLog | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    uplink_hook: UplinkHook | None = None,
 ) -> Server:
-    """A ready-to-run :class:`Server` for an ``ExperimentConfig``; weights seeded by run.seed."""
+    """A ready-to-run :class:`Server` for an ``ExperimentConfig``; weights seeded by run.seed.
+    ``uplink_hook`` sees (and may replace) every client delta before it is encoded."""
     seed = cfg.run.seed
     n = len(inputs.parts)
     torch.manual_seed(seed)
@@ -61,9 +64,11 @@ def build_server(
     parts = inputs.parts
 
     def client(cid: int) -> ClientRunner:
-        return ClientRunner(cid, trainer, parts[cid], uplink, seed)
+        return ClientRunner(cid, trainer, parts[cid], uplink, seed, uplink_hook)
 
-    timing = TimingModel(cfg.clients.timing, cfg.clients.codec_mb_per_s)
+    timing = TimingModel.for_links(
+        cfg.clients.timing, uplink, codec_spec(cfg.codec.downlink), cfg.clients.codec_mb_per_s
+    )
     transport = InProcessTransport(client, make_profiles(n, cfg.clients, seed), timing)
     evaluator = Evaluator(
         inputs.model_fn(), _tensor(inputs.test_x), _tensor(inputs.test_y), cfg.run.eval_batch
@@ -84,4 +89,5 @@ def build_server(
         timing=timing,
         seed=seed,
         on_progress=on_progress,
+        uplink=uplink,
     )
