@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         config, model = str(ROOT / "configs" / "quick_digits.yaml"), "mlp-digits"
         bws, codecs = [10.0], ["none", "grad"]
         clients, rounds = args.clients or 1, args.rounds or 2
-        base = ["run.max_updates=null", "strategy.max_in_flight=null"]
+        base = ["run.max_updates=null"]
     else:
         config, model = str(ROOT / "configs" / "grpc_cnn_fedavg.yaml"), "cnn-mnist"
         bws, codecs = [1.0, 10.0, 100.0], ["none", "grad", "fast", "sz3"]

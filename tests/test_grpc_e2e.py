@@ -105,7 +105,7 @@ def test_fedavg_over_tls_matches_simulation_and_refuses_an_impostor(tmp_path: Pa
     from fedpress.fl.run import run_experiment
     from fedpress.transport.grpc.auth import read_tokens, write_tokens
 
-    over = [*FAST, "data.clients=2", "strategy.max_in_flight=2", "run.rounds=3"]
+    over = [*FAST, "data.clients=2", "run.rounds=3"]
     tokens_file, token_files = write_tokens(tmp_path / "secrets", [0, 1])
     run_dir, port_file = tmp_path / "run", tmp_path / "port"
     server = spawn(fp("server", CONFIG, *over, "--address", "127.0.0.1:0", "--tokens", str(tokens_file),
@@ -196,8 +196,9 @@ else:  # the same client restarted: ready, it joins once the file ``mode`` exist
 
 @pytest.mark.parametrize("strategy", ["fedavg", pytest.param("fedfa", marks=pytest.mark.slow)])
 def test_client_killed_mid_upload_is_timed_out_and_rejoins_with_a_keyframe(tmp_path: Path, strategy):
-    over = [*FAST, "data.clients=3", "strategy.max_in_flight=3", "codec.name=grad", f"strategy.name={strategy}"]
-    over += ["run.rounds=6"] if strategy == "fedavg" else ["strategy.K=2", "run.max_updates=18"]
+    over = [*FAST, "data.clients=3", "codec.name=grad", f"strategy.name={strategy}"]
+    over += ["run.rounds=6"] if strategy == "fedavg" else ["strategy.K=2", "strategy.max_in_flight=3",
+                                                           "run.max_updates=18"]
     run_dir, port_file = tmp_path / "run", tmp_path / "port"
     server = spawn(fp("server", CONFIG, *over, "--address", "127.0.0.1:0", "--run-dir", str(run_dir),
                       "--port-file", str(port_file), "--heartbeat", "0.3", "--client-timeout", "3",
@@ -235,7 +236,7 @@ def test_server_killed_and_restarted_resumes_and_loses_nothing_acknowledged(tmp_
 
     if not hasattr(Server, "state_dict"):
         pytest.skip("the server loop has no state_dict yet (engine branch not merged)")
-    over = [*FAST, "data.clients=2", "strategy.max_in_flight=2", "run.rounds=8", "codec.name=grad"]
+    over = [*FAST, "data.clients=2", "run.rounds=8", "codec.name=grad"]
     port = free_port()
     run_dir, ck = tmp_path / "run", tmp_path / "ckpt"
     cmd = fp("server", CONFIG, *over, "--address", f"127.0.0.1:{port}", "--run-dir", str(run_dir),
