@@ -122,6 +122,12 @@ def test_journal_orders_commits_and_trims(tmp_path: Path):
     w = j2.begin()
     w.write(b"x")
     assert w.commit({})[0] == 4
+    j2.trim(4)
+    j3 = Journal(tmp_path / "j")  # all trimmed: only the checkpoint knows how far it went
+    j3.advance(4)
+    w = j3.begin()
+    w.write(b"y")
+    assert w.commit({})[0] == 5
 
 
 # -- real gRPC, one process ---------------------------------------------------------------------

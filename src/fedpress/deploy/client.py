@@ -44,13 +44,16 @@ def build_runner(cfg: Any, client_id: int) -> Any:
         raise ValueError(f"--id {client_id} is outside 0..{cfg.data.clients - 1} (data.clients)")
     inputs = prepare_inputs(cfg)
     sim = build_server(cfg, inputs)  # the simulated federation; only its client factory is used
-    runner = sim.transport.client(client_id)
+    return sim.transport.client(client_id)
+
+
+def advance_uplink(runner: Any) -> None:
+    """Number the uplink stream from the time of joining (microseconds): a restarted client
+    continues past anything an earlier process with its id sent, so the server takes its first
+    payload (a keyframe) as a restart, not as a replay. Called once the client has joined."""
     enc = getattr(runner, "encoder", None)
     if enc is not None and hasattr(enc, "seq"):
-        # a restarted client continues its uplink stream past anything it sent before, so the
-        # server takes its first payload (a keyframe) as a restart, not as a replay
         enc.seq = max(enc.seq, time.time_ns() // 1000)
-    return runner
 
 
 def main_client(argv: list[str] | None = None) -> int:
@@ -77,6 +80,7 @@ def main_client(argv: list[str] | None = None) -> int:
             client = GrpcClient(
                 args.server, args.id, runner, token=token, credentials=creds,
                 server_name=args.server_name, reconnect_timeout=args.reconnect_timeout,
+                on_join=lambda: advance_uplink(runner),
             )
             stats = client.run()
     except RefusedError as exc:

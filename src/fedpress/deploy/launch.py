@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint-dir", help="passed to the server (resume after a crash)")
     p.add_argument("--heartbeat", type=float, default=1.0)
     p.add_argument("--client-timeout", type=float, default=10.0)
+    p.add_argument("--join-timeout", type=float, default=300.0,
+                   help="a client process that has not connected after this long is given up")
     p.add_argument("--timeout", type=float, default=None, help="stop everything after this many seconds")
     return p.parse_intermixed_args(argv)
 
@@ -88,7 +90,7 @@ def main_launch(argv: list[str] | None = None) -> int:
     server_cmd = [
         *py, "server", args.config, *overrides, "--address", "127.0.0.1:0", "--tokens", str(tokens),
         "--run-dir", str(run_dir), "--port-file", str(port_file), "--heartbeat", str(args.heartbeat),
-        "--client-timeout", str(args.client_timeout),
+        "--client-timeout", str(args.client_timeout), "--join-timeout", str(args.join_timeout),
     ]
     if args.checkpoint_dir:
         server_cmd += ["--checkpoint-dir", args.checkpoint_dir]

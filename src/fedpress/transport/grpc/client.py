@@ -24,7 +24,7 @@ from fedpress.transport.base import ClientResult
 from . import fedpress_v1_pb2 as pb
 from . import fedpress_v1_pb2_grpc as pb_grpc
 from .auth import call_metadata
-from .service import CHUNK, PROTOCOL, channel_options
+from .service import CHUNK, MAX_CHUNK, PROTOCOL, channel_options
 from .transport import wire_size
 
 log = logging.getLogger("fedpress.grpc.client")
@@ -79,6 +79,7 @@ class GrpcClient:
         chunk: int = CHUNK,
         max_payload_bytes: int = 4 * 1024**3,
         on_event: Callable[[str], None] | None = None,
+        on_join: Callable[[], None] | None = None,
     ) -> None:
         self.target = target
         self.client_id = client_id
@@ -89,7 +90,10 @@ class GrpcClient:
         self.chunk = chunk
         self.max_payload_bytes = max_payload_bytes
         self.on_event = on_event or (lambda msg: log.info("%s", msg))
-        opts = channel_options(chunk)
+        self.on_join = on_join
+        if not 0 < chunk <= MAX_CHUNK:
+            raise ValueError(f"chunk size must be in 1..{MAX_CHUNK} bytes")
+        opts = channel_options()
         if server_name:
             opts.append(("grpc.ssl_target_name_override", server_name))
         if credentials is not None:
@@ -204,6 +208,8 @@ class GrpcClient:
     def run(self) -> ClientStats:
         """Serve tasks until the server says stop."""
         reply = self.join()
+        if self.on_join is not None:
+            self.on_join()
         self.on_event(f"client {self.client_id} joined run {reply.run_id} at {self.target}")
         hb = threading.Thread(target=self._heartbeats, name="fedpress-heartbeat", daemon=True)
         hb.start()

@@ -63,6 +63,12 @@ class Journal:
         seqs = [e[0] for e in self.entries()]
         self._next = max(seqs, default=0) + 1
 
+    def advance(self, past: int) -> None:
+        """Number new entries above ``past`` (a checkpoint's last used entry: trimmed entries
+        leave no file behind to count from)."""
+        with self._lock:
+            self._next = max(self._next, past + 1)
+
     def begin(self) -> JournalWriter:
         with self._lock:
             self._tmp += 1

@@ -36,12 +36,16 @@ _RESERVED = {
 _MAX_KEYS = 64
 
 
-def channel_options(chunk: int = CHUNK) -> list[tuple[str, Any]]:
+#: the largest chunk either end may send; receivers accept up to this whatever their own size
+MAX_CHUNK = 16 << 20
+
+
+def channel_options() -> list[tuple[str, Any]]:
     """Options both ends use: room for one chunk per message, and keepalive pings so a dead
     peer is noticed even while a long transfer or training step is under way."""
     return [
-        ("grpc.max_receive_message_length", chunk + 64 * 1024),
-        ("grpc.max_send_message_length", chunk + 64 * 1024),
+        ("grpc.max_receive_message_length", MAX_CHUNK + 64 * 1024),
+        ("grpc.max_send_message_length", MAX_CHUNK + 64 * 1024),
         ("grpc.keepalive_time_ms", 10_000),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -185,11 +189,13 @@ def start_server(
 ) -> tuple[grpc.Server, int]:
     """Serve ``transport`` on ``address`` (``HOST:0`` picks a free port); returns the server
     and the port it listens on."""
+    if not 0 < chunk <= MAX_CHUNK:
+        raise ValueError(f"chunk size must be in 1..{MAX_CHUNK} bytes")
     workers = 2 * transport.num_clients + 8  # each client holds at most a poll and a heartbeat
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedpress-grpc"),
         interceptors=[interceptor],
-        options=channel_options(chunk),
+        options=channel_options(),
         maximum_concurrent_rpcs=4 * transport.num_clients + 16,
     )
     pb_grpc.add_FederationServicer_to_server(FederationService(transport, chunk), server)

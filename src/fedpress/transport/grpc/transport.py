@@ -367,6 +367,7 @@ class GrpcTransport(Transport):
             self._started = self.now()
             self._next_task = int(sd["next_task"])
             self._consumed = int(sd["consumed"])
+            self.journal.advance(self._consumed)
             self._tasks = {}
             for t in sd["tasks"]:
                 task = Task(**{**t, "received": 0})
