@@ -88,6 +88,9 @@ def prepare_llm(cfg: LLMConfig, model_tok: tuple[Any, Any] | None = None,
     """Load (or reuse) model and corpus, attach LoRA, partition by the configured skew."""
     base, tok = model_tok if model_tok is not None else load_model(cfg)
     model = base if hasattr(base, "peft_config") else attach_lora(base, lora_spec(cfg), cfg.run.seed)
+    pc = model.peft_config["default"]
+    if pc.r != cfg.model.rank or set(pc.target_modules) != set(cfg.model.targets):
+        raise ValueError(f"the reused model's LoRA (r={pc.r}, {sorted(pc.target_modules)}) differs from the config's")
     d = cfg.data
     if corpus is None:
         corpus = build_corpus(tok, d.sources, d.seq_len, d.task, d.task_items, d.eval_items,
@@ -142,6 +145,8 @@ def build_llm_server(cfg: LLMConfig, inp: LLMInputs, log: EventLog | None = None
     """A ready :class:`Server` and its adapter strategy (which holds the aggregation errors)."""
     seed = cfg.run.seed
     t = cfg.train
+    for name, p in adapter_parameters(inp.model).items():  # the model may be reused across runs
+        p.requires_grad_(not (name.endswith("lora_A") and cfg.model.aggregation == "frozen_a"))
     trainer = LMTrainer(inp.model, inp.tok, inp.corpus.ids, inp.corpus.loss_start,
                         LMTrainSpec(t.lr, t.batch, t.local_steps, t.wd, t.grad_clip), cfg.eval.eval_batch)
     # every run starts from the same seeded adapter (B = 0), whatever ran on this model before
@@ -179,7 +184,7 @@ def attach_init(model: Any, cfg: LLMConfig) -> Any:
     gen = torch.random.get_rng_state()
     torch.manual_seed(cfg.run.seed)
     try:
-        for name, module in model.named_modules():
+        for _name, module in model.named_modules():
             if hasattr(module, "reset_lora_parameters") and hasattr(module, "lora_A"):
                 for adapter in list(module.lora_A.keys()):
                     module.reset_lora_parameters(adapter, True)
