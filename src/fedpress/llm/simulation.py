@@ -19,6 +19,7 @@ from fedpress.fl.types import Tensors
 from fedpress.metrics.events import EventLog
 from fedpress.transport.inprocess import InProcessTransport
 
+from .codecs import adapter_encoder
 from .config import LLMConfig
 from .corpus import Corpus, build_corpus
 from .lora import LoraSpec, adapter_parameters, attach_lora, get_adapter, set_adapter
@@ -162,7 +163,9 @@ def build_llm_server(cfg: LLMConfig, inp: LLMInputs, log: EventLog | None = None
 
     def client(cid: int) -> ClientRunner:
         held = inp.heldout[cid] if e.local else np.zeros(0, np.int64)
-        return ClientRunner(cid, ClientLM(trainer, held, inp.corpus.items, task_eval), inp.parts[cid], uplink, seed)
+        runner = ClientRunner(cid, ClientLM(trainer, held, inp.corpus.items, task_eval), inp.parts[cid], uplink, seed)
+        runner.encoder = adapter_encoder(uplink, f"c{cid}/up")  # routing rules that fit A and B
+        return runner
 
     timing = TimingModel(cfg.clients.timing, cfg.clients.codec_mb_per_s)
     transport = InProcessTransport(client, make_profiles(n, cfg.clients, seed), timing)
