@@ -65,6 +65,7 @@ def run_study(config: str | Path | LLMConfig, overrides: Iterable[str] = (), out
 
         bar = tqdm(total=len(grid), unit="run", desc="llm study", file=sys.stderr)
     t0 = time.time()
+    path = out / "study.json"
     for skew, alpha, seed in grid:
         over = [f"data.skew={skew}", f"data.alpha={alpha}", f"run.seed={seed}",
                 f"run.name=study-{skew}-a{alpha:g}-s{seed}"]
@@ -82,17 +83,25 @@ def run_study(config: str | Path | LLMConfig, overrides: Iterable[str] = (), out
                "agg_rel_error": s["agg_errors"][-1]["agg_rel_error"] if s["agg_errors"] else None,
                "bytes_up": s["bytes_up"], "client_tokens": s["client_tokens"]}
         rows.append(row)
+        path = _write(out, config, overrides, cfg, rows, time.time() - t0, len(grid))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
+    plot_study(rows, out / "study.png")
+    return path
+
+
+def _write(out: Path, config: Any, overrides: Iterable[str], cfg: LLMConfig, rows: list[dict[str, Any]],
+           wall_s: float, planned: int) -> Path:
+    """Rewrite ``study.json`` and ``study.md`` after every run, so a cut-short study keeps its rows."""
     res = {"command": "fedpress llm study " + " ".join([str(config), *overrides]),
-           "git_commit": _git_commit(), "machine": machine_info(), "wall_s": time.time() - t0,
+           "git_commit": _git_commit(), "machine": machine_info(), "wall_s": wall_s,
+           "runs_done": len(rows), "runs_planned": planned,
            "config": cfg.model_dump(mode="json"), "rows": rows}
     path = out / "study.json"
     path.write_text(json.dumps(res, indent=2, default=float) + "\n", encoding="utf-8")
     (out / "study.md").write_text(study_table(rows) + "\n", encoding="utf-8")
-    plot_study(rows, out / "study.png")
     return path
 
 
