@@ -65,7 +65,11 @@ def test_fedavg_run_reports_local_and_global_metrics(shared, tmp_path):
     assert len(s["agg_errors"]) == 2 and s["agg_errors"][0]["agg_rel_error"] > 0
 
 
-@pytest.mark.parametrize("strategy", ["fedasync", "fedbuff", "fedfa"])
+@pytest.mark.parametrize("strategy", [
+    "fedbuff",
+    pytest.param("fedasync", marks=pytest.mark.slow),
+    pytest.param("fedfa", marks=pytest.mark.slow),
+])
 def test_async_strategies_drive_it(shared, tmp_path, strategy):
     s = _run(shared, tmp_path, f"strategy.name={strategy}", "strategy.K=2", "strategy.max_in_flight=2",
              "run.rounds=null", "run.max_updates=3", "eval.local_task=false")
@@ -92,7 +96,7 @@ def test_svd_needs_fedavg():
         load_llm_config(CFG, ["model.aggregation=svd", "strategy.name=fedasync"])
 
 
-@pytest.mark.parametrize("codec", ["sz3", "grad"])
+@pytest.mark.parametrize("codec", ["sz3", pytest.param("grad", marks=pytest.mark.slow)])
 def test_adapter_codecs_shrink_uplink(shared, tmp_path, codec):
     s = _run(shared, tmp_path, f"codec.name={codec}", "codec.eb=0.05", "run.rounds=1", "eval.local=false")
     assert s["rejected"] == 0 and s["bytes_up"] < s["bytes_up_raw"]
