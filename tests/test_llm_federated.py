@@ -159,3 +159,28 @@ def test_cli_partition_writes_histograms(tmp_path):
     assert abs(tok - rep["total_tokens"]) <= 3 * 48
     for c in rep["clients"]:
         assert sum(c["length_hist"]) == c["samples"] == sum(c["tier_hist"])
+
+
+def test_heterogeneous_rank_client_trains_only_its_components(shared):
+    from fedpress.llm.train import ClientLM, LMTrainer, LMTrainSpec
+
+    c = shared.corpus
+    trainer = LMTrainer(shared.model, shared.tok, c.ids, c.loss_start, LMTrainSpec(lr=0.01, local_steps=2))
+    rng = np.random.default_rng(0)
+    params = {k: rng.normal(0, 0.1, v.shape).astype(np.float32) for k, v in get_adapter(shared.model).items()}
+    client = ClientLM(trainer, np.zeros(0, np.int64), c.items, rank=1)
+    delta, _, _ = client.train(params, shared.parts[0], seed=0)
+    for k, v in params.items():
+        absolute = v + delta[k]
+        if k.endswith("lora_A"):
+            assert np.all(absolute[1:] == 0) and np.any(absolute[0] != v[0])
+        else:
+            assert np.all(absolute[:, 1:] == 0)
+
+
+def test_heterogeneous_ranks_run_with_stacking(shared, tmp_path):
+    s = _run(shared, tmp_path, "model.aggregation=stack", "model.client_ranks=[1,2]", "run.rounds=1",
+             "eval.local=false")
+    assert s["rejected"] == 0 and np.isfinite(s["global_metrics"]["loss"])
+    with pytest.raises(Exception, match="client_ranks"):
+        load_llm_config(CFG, ["model.client_ranks=[3]"])

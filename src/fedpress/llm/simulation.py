@@ -163,7 +163,10 @@ def build_llm_server(cfg: LLMConfig, inp: LLMInputs, log: EventLog | None = None
 
     def client(cid: int) -> ClientRunner:
         held = inp.heldout[cid] if e.local else np.zeros(0, np.int64)
-        runner = ClientRunner(cid, ClientLM(trainer, held, inp.corpus.items, task_eval), inp.parts[cid], uplink, seed)
+        ranks = cfg.model.client_ranks
+        rank = ranks[cid % len(ranks)] if ranks else None
+        lm = ClientLM(trainer, held, inp.corpus.items, task_eval, rank)
+        runner = ClientRunner(cid, lm, inp.parts[cid], uplink, seed)
         runner.encoder = adapter_encoder(uplink, f"c{cid}/up")  # routing rules that fit A and B
         return runner
 
