@@ -102,20 +102,27 @@ def test_adapter_codecs_shrink_uplink(shared, tmp_path, codec):
     assert s["rejected"] == 0 and s["bytes_up"] < s["bytes_up_raw"]
 
 
-def test_bad_client_update_is_rejected_and_run_continues(shared, tmp_path, monkeypatch):
+@pytest.mark.parametrize("bad", ["nan", "rank"])
+def test_bad_client_update_is_rejected_and_run_continues(shared, tmp_path, monkeypatch, bad):
     poisoned = {"n": 0}
 
     class Poison(simulation.ClientLM):
         def train(self, params, indices, seed):
             delta, samples, metrics = super().train(params, indices, seed)
-            if poisoned["n"] == 0:  # the first client to train sends NaN
+            if poisoned["n"] == 0:  # the first client to train sends NaN, or a rank+1 A factor
                 poisoned["n"] += 1
-                delta = {k: np.full_like(v, np.nan) for k, v in delta.items()}
+                if bad == "nan":
+                    delta = {k: np.full_like(v, np.nan) for k, v in delta.items()}
+                else:
+                    k = next(k for k in delta if k.endswith("lora_A"))
+                    delta[k] = np.zeros((RANK + 1, HIDDEN), np.float32)
             return delta, samples, metrics
 
     monkeypatch.setattr(simulation, "ClientLM", Poison)
     s = _run(shared, tmp_path, "eval.local_task=false")
     assert s["rejected"] == 1 and s["versions"] == 2
+    reasons = [a.get("reason", "") for a in _events(tmp_path, "arrival") if a["status"] == "rejected"]
+    assert reasons and ("NaN" in reasons[0] if bad == "nan" else "shape" in reasons[0])
     assert np.isfinite(s["global_metrics"]["loss"])
 
 
