@@ -34,6 +34,8 @@ class LMModelConfig(Strict):
     targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     aggregation: Literal["fedavg", "frozen_a", "svd", "stack"] = "fedavg"
+    client_ranks: list[int] | None = Field(
+        None, description="heterogeneous ranks, cycled over clients (each <= rank; global shapes stay at rank)")
 
 
 class LMDataConfig(Strict):
@@ -96,6 +98,9 @@ class LLMConfig(Strict):
             v = getattr(s, key)
             if v is not None and v > n:
                 raise ValueError(f"strategy.{key}={v} exceeds data.clients={n}")
+        m = self.model
+        if m.client_ranks is not None and (not m.client_ranks or not all(1 <= r <= m.rank for r in m.client_ranks)):
+            raise ValueError(f"model.client_ranks must be between 1 and model.rank={m.rank}, got {m.client_ranks}")
         if self.model.aggregation in ("svd", "stack") and s.name != "fedavg":
             raise ValueError(f"model.aggregation={self.model.aggregation} needs strategy.name=fedavg")
         return self

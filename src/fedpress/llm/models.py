@@ -213,20 +213,51 @@ def load_causal_lm(
     return _load_dir(cached, dtype)
 
 
-def gguf_metadata(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Architecture facts read from a GGUF header without loading weights (fast, for checks)."""
-    from gguf import GGUFReader
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
+                 11: "<q", 12: "<d"}
 
-    reader = GGUFReader(str(default_model_path() if path is None else path))
-    out: dict[str, Any] = {"tensors": len(reader.tensors)}
-    for key, field in reader.fields.items():
-        if key.startswith("general.architecture") or key.startswith("llama."):
-            try:
-                value = field.contents()
-            except Exception:  # noqa: BLE001 - odd field types are skipped
-                continue
-            out[key] = value
-    return out
+
+def gguf_metadata(path: str | os.PathLike | None = None, prefixes: tuple[str, ...] = ("general.", "llama.")) -> dict[str, Any]:
+    """Header key/values of a GGUF file whose keys start with ``prefixes``, read without loading
+    weights or the tokenizer (arrays are skipped and reported by length): fast, for checks."""
+    import struct
+
+    f = open(default_model_path() if path is None else path, "rb")  # noqa: SIM115 - closed below
+    try:
+        def read(fmt: str) -> Any:
+            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+        def string() -> str:
+            return f.read(read("<Q")).decode("utf-8", "replace")
+
+        def value(kind: int) -> Any:
+            if kind in _GGUF_SCALARS:
+                return read(_GGUF_SCALARS[kind])
+            if kind == 8:
+                return string()
+            if kind == 9:
+                sub, n = read("<I"), read("<Q")
+                if sub in _GGUF_SCALARS:
+                    f.seek(n * struct.calcsize(_GGUF_SCALARS[sub]), 1)
+                else:
+                    for _ in range(n):
+                        value(sub)
+                return {"array_len": n}
+            raise ModelLoadError(f"unknown GGUF value type {kind}")
+
+        if f.read(4) != b"GGUF":
+            raise ModelLoadError("not a GGUF file (bad magic)")
+        out: dict[str, Any] = {"version": read("<I"), "tensors": read("<Q")}
+        for _ in range(read("<Q")):
+            key = string()
+            if key.startswith("tokenizer.") and not any(p.startswith("tokenizer") for p in prefixes):
+                break  # the big vocabulary arrays come last; nothing asked for follows them
+            v = value(read("<I"))
+            if key.startswith(prefixes):
+                out[key] = v
+        return out
+    finally:
+        f.close()
 
 
 def byte_tokenizer() -> Any:

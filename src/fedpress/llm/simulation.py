@@ -19,6 +19,7 @@ from fedpress.fl.types import Tensors
 from fedpress.metrics.events import EventLog
 from fedpress.transport.inprocess import InProcessTransport
 
+from .codecs import adapter_encoder
 from .config import LLMConfig
 from .corpus import Corpus, build_corpus
 from .lora import LoraSpec, adapter_parameters, attach_lora, get_adapter, set_adapter
@@ -88,6 +89,9 @@ def prepare_llm(cfg: LLMConfig, model_tok: tuple[Any, Any] | None = None,
     """Load (or reuse) model and corpus, attach LoRA, partition by the configured skew."""
     base, tok = model_tok if model_tok is not None else load_model(cfg)
     model = base if hasattr(base, "peft_config") else attach_lora(base, lora_spec(cfg), cfg.run.seed)
+    pc = model.peft_config["default"]
+    if pc.r != cfg.model.rank or set(pc.target_modules) != set(cfg.model.targets):
+        raise ValueError(f"the reused model's LoRA (r={pc.r}, {sorted(pc.target_modules)}) differs from the config's")
     d = cfg.data
     if corpus is None:
         corpus = build_corpus(tok, d.sources, d.seq_len, d.task, d.task_items, d.eval_items,
@@ -142,6 +146,8 @@ def build_llm_server(cfg: LLMConfig, inp: LLMInputs, log: EventLog | None = None
     """A ready :class:`Server` and its adapter strategy (which holds the aggregation errors)."""
     seed = cfg.run.seed
     t = cfg.train
+    for name, p in adapter_parameters(inp.model).items():  # the model may be reused across runs
+        p.requires_grad_(not (name.endswith("lora_A") and cfg.model.aggregation == "frozen_a"))
     trainer = LMTrainer(inp.model, inp.tok, inp.corpus.ids, inp.corpus.loss_start,
                         LMTrainSpec(t.lr, t.batch, t.local_steps, t.wd, t.grad_clip), cfg.eval.eval_batch)
     # every run starts from the same seeded adapter (B = 0), whatever ran on this model before
@@ -157,7 +163,12 @@ def build_llm_server(cfg: LLMConfig, inp: LLMInputs, log: EventLog | None = None
 
     def client(cid: int) -> ClientRunner:
         held = inp.heldout[cid] if e.local else np.zeros(0, np.int64)
-        return ClientRunner(cid, ClientLM(trainer, held, inp.corpus.items, task_eval), inp.parts[cid], uplink, seed)
+        ranks = cfg.model.client_ranks
+        rank = ranks[cid % len(ranks)] if ranks else None
+        lm = ClientLM(trainer, held, inp.corpus.items, task_eval, rank)
+        runner = ClientRunner(cid, lm, inp.parts[cid], uplink, seed)
+        runner.encoder = adapter_encoder(uplink, f"c{cid}/up")  # routing rules that fit A and B
+        return runner
 
     timing = TimingModel(cfg.clients.timing, cfg.clients.codec_mb_per_s)
     transport = InProcessTransport(client, make_profiles(n, cfg.clients, seed), timing)
@@ -179,7 +190,7 @@ def attach_init(model: Any, cfg: LLMConfig) -> Any:
     gen = torch.random.get_rng_state()
     torch.manual_seed(cfg.run.seed)
     try:
-        for name, module in model.named_modules():
+        for _name, module in model.named_modules():
             if hasattr(module, "reset_lora_parameters") and hasattr(module, "lora_A"):
                 for adapter in list(module.lora_A.keys()):
                     module.reset_lora_parameters(adapter, True)

@@ -134,18 +134,41 @@ class LMTrainer:
         return out
 
 
+def truncate_rank(params: Tensors, rank: int) -> Tensors:
+    """Keep the first ``rank`` LoRA components (rows of A, columns of B), zero the rest.
+
+    Zeroed components stay zero under local training (their gradients vanish: each is the other
+    factor's zeros), so a client of rank ``rank`` trains a rank-``rank`` adapter inside the global
+    shapes; with ``svd``/``stack`` aggregation the first components are the largest.
+    """
+    out = {}
+    for k, v in params.items():
+        w = np.array(v, copy=True)
+        if k.endswith("lora_A"):
+            w[rank:, :] = 0
+        elif k.endswith("lora_B"):
+            w[:, rank:] = 0
+        out[k] = w
+    return out
+
+
 class ClientLM:
-    """One client's view of the shared trainer: train, then score its own held-out split."""
+    """One client's view of the shared trainer: train (at its own rank), then score its own
+    held-out split."""
 
     def __init__(self, trainer: LMTrainer, heldout: np.ndarray, items: Sequence[TaskItem | None],
-                 task_eval: dict[str, Any] | None = None) -> None:
+                 task_eval: dict[str, Any] | None = None, rank: int | None = None) -> None:
         self.trainer = trainer
         self.heldout = np.asarray(heldout, dtype=np.int64)
         self.items = [items[i] for i in self.heldout if items[i] is not None]
         self.task_eval = task_eval
+        self.rank = rank
 
     def train(self, params: Tensors, indices: np.ndarray, seed: int) -> tuple[Tensors, int, dict]:
-        delta, samples, metrics = self.trainer.train(params, indices, seed)
+        start = params if self.rank is None else truncate_rank(params, self.rank)
+        delta, samples, metrics = self.trainer.train(start, indices, seed)
+        if start is not params:  # the delta is taken against what the server sent
+            delta = {k: (start[k] + delta[k] - params[k]).astype(np.float32) for k in delta}
         if len(self.heldout):
             t = self.trainer
             lm = t.lm_metrics([t.ids[i] for i in self.heldout], t.loss_start[self.heldout])
