@@ -104,14 +104,14 @@ def balanced_kmeans(feats: torch.Tensor, k: int, iters: int = 15, seed: int = 0)
     g = torch.Generator().manual_seed(seed)
     x = F.normalize(feats, dim=1)
     cent = x[torch.randperm(n, generator=g)[:k]].clone()
-    labels = torch.zeros(n, dtype=torch.long)
+    labels = [0] * n
     for _ in range(iters):
         sim = x @ cent.T  # [n, k]
         order = torch.argsort(sim.reshape(-1), descending=True).tolist()
-        labels.fill_(-1)
+        labels = [-1] * n
         fill = [0] * k
         left = n
-        for flat in order:
+        for flat in order:  # greedy: best (neuron, cluster) pairs first, clusters capped at n/k
             i, c = divmod(flat, k)
             if labels[i] >= 0 or fill[c] >= cap:
                 continue
@@ -120,7 +120,9 @@ def balanced_kmeans(feats: torch.Tensor, k: int, iters: int = 15, seed: int = 0)
             left -= 1
             if left == 0:
                 break
-        cent = F.normalize(torch.stack([x[labels == c].mean(0) for c in range(k)]), dim=1)
+        lab = torch.tensor(labels)
+        cent = F.normalize(torch.stack([x[lab == c].mean(0) for c in range(k)]), dim=1)
+    labels = torch.tensor(labels)
     return labels
 
 
@@ -227,12 +229,12 @@ def scale_routers(moe: Any, xs: list[torch.Tensor], logit_std: float) -> None:
         w.mul_(logit_std / std)
 
 
-def build_moe(dense: Any, tok: Any, recipe: BuildRecipe,
-              progress: Callable[[str], None] = print) -> tuple[Any, dict[str, Any]]:
-    """The MoE model and a report (router recall per layer, timings)."""
+def build_moe(dense: Any, tok: Any, recipe: BuildRecipe, progress: Callable[[str], None] = print,
+              texts: Sequence[str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The MoE model and a report (router recall per layer, timings); ``texts`` default: shipped."""
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
-    texts = calibration_texts(tok, recipe.calib_tokens)
+    texts = list(texts) if texts is not None else calibration_texts(tok, recipe.calib_tokens)
     xs = collect_mlp_inputs(dense, tok, texts)
     progress(f"calibration: {len(texts)} texts, {xs[0].shape[0]} tokens per layer "
              f"({time.perf_counter() - t0:.0f} s)")
