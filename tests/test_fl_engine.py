@@ -10,9 +10,10 @@ import pytest
 from test_fl_support import digits_inputs, quick_config
 
 from fedpress.fl.codec_adapter import pack_raw
-from fedpress.fl.profiles import ClientProfile, TimingModel, round_trip
+from fedpress.fl.profiles import ClientProfile, round_trip
 from fedpress.fl.run import run_experiment
 from fedpress.fl.simulation import build_server
+from fedpress.fl.timing import CodecSpeed, TimingModel
 from fedpress.metrics.events import EventLog, read_events, strip_wall
 from fedpress.transport.base import ClientResult
 from fedpress.transport.inprocess import InProcessTransport
@@ -26,7 +27,7 @@ class FakeClient:
         self.samples = samples
         self.payload = payload
 
-    def run(self, payload: bytes, version: int) -> ClientResult:
+    def run(self, payload: bytes, version: int, keyframe: bool = False) -> ClientResult:
         up = self.payload or pack_raw({"w": np.full(4, float(self.cid), np.float32)})
         return ClientResult(self.cid, version, up, 10, self.samples, 16, 16)
 
@@ -36,7 +37,9 @@ def profiles(speeds: list[float]) -> list[ClientProfile]:
 
 
 def test_virtual_clock_orders_arrivals_and_respects_deadlines():
-    tr = InProcessTransport(lambda c: FakeClient(c), profiles([0.03, 0.01, 0.02]), TimingModel())
+    speed = CodecSpeed(100.0, 50.0)  # MB/s encode, decode
+    tr = InProcessTransport(lambda c: FakeClient(c), profiles([0.03, 0.01, 0.02]),
+                            TimingModel("modeled", up=speed, down=speed))
     model = pack_raw({"w": np.zeros(4, np.float32)})
     for c in (0, 1, 2):
         tr.dispatch(c, model, 0)
@@ -45,7 +48,8 @@ def test_virtual_clock_orders_arrivals_and_respects_deadlines():
         tr.dispatch(1, model, 0)
     expected = {
         c: round_trip(tr.profiles[c], bytes_down=len(model), bytes_up=len(FakeClient(c).run(b"", 0).payload),
-                      samples=100, decode_s=16 / 100e6, encode_s=16 / 100e6)["total_s"]
+                      samples=100, decode_s=16 / 50e6, encode_s=16 / 100e6,
+                      server_encode_s=16 / 100e6, server_decode_s=16 / 50e6)["total_s"]
         for c in (0, 1, 2)
     }
     assert tr.next_event(deadline=0.5) is None and tr.now() == 0.5  # nobody before 0.5 s

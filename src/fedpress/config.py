@@ -138,7 +138,11 @@ class ClientsConfig(Strict):
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     timing: Literal["modeled", "measured"] = "modeled"
-    codec_mb_per_s: float = Field(100.0, gt=0, description="modeled codec throughput, MB/s")
+    codec_mb_per_s: float | None = Field(
+        None, gt=0,
+        description="one fixed codec throughput (MB/s) for every non-raw codec; default: each "
+        "codec's own throughput, calibrated on this machine",
+    )
 
 
 class RunConfig(Strict):
@@ -154,6 +158,7 @@ class RunConfig(Strict):
     out_dir: str = "runs"
     eval_batch: int = Field(1000, ge=1)
     plots: bool = True
+    tensorboard: bool = Field(False, description="also write TensorBoard event files in the run dir")
     torch_threads: int | None = Field(
         1, ge=1, description="torch intra-op threads during the run (small models: 1 is fastest)"
     )

@@ -70,7 +70,13 @@ class AnsReader:
             return np.zeros(0, dtype=np.int32)
         try:
             return np.asarray(self._coder.decode(model, int(n)), dtype=np.int32)
-        except BaseException as exc:  # constriction raises on exhausted/corrupt input
+        except Exception as exc:  # constriction raises several types on exhausted/corrupt input
+            raise PayloadError(f"entropy-coded section is corrupt ({exc})") from None
+        except BaseException as exc:
+            # a Rust panic surfaces as pyo3's PanicException, a BaseException; anything else
+            # (KeyboardInterrupt, SystemExit) must propagate
+            if type(exc).__name__ != "PanicException":
+                raise
             raise PayloadError(f"entropy-coded section is corrupt ({exc})") from None
 
     def done(self) -> None:

@@ -10,7 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from .base import BoundedCodec, LayerState, check_dtype, check_finite, register_codec
+from .base import (
+    BoundedCodec,
+    LayerState,
+    check_dtype,
+    check_finite,
+    native,
+    native_dtype,
+    register_codec,
+)
 from .entropy import (
     AnsReader,
     AnsWriter,
@@ -83,6 +91,7 @@ class LinearCodec(BoundedCodec):
         super().__init__(mode, eb)
 
     def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
+        x = native(x)
         check_dtype(x)
         check_finite(x)
         abs_eb = self.bound.absolute(x)
@@ -102,6 +111,7 @@ class LinearCodec(BoundedCodec):
     def decode(
         self, frame: bytes, shape: tuple[int, ...], dtype: np.dtype, state: LayerState | None = None
     ) -> np.ndarray:
+        dtype = native_dtype(dtype)
         r = FrameReader(frame)
         (kind,) = r.unpack("B")
         n = int(np.prod(shape))

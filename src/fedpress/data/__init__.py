@@ -10,6 +10,7 @@ from .datasets import (
     normalisation,
     read_idx,
 )
+from .packages import find_data_package
 from .partition import SCHEMES, label_counts, partition
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "available_datasets",
     "canonical_name",
     "dataset_available",
+    "find_data_package",
     "label_counts",
     "load_dataset",
     "normalisation",

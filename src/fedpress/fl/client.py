@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,9 +20,10 @@ from fedpress.transport.base import ClientResult
 
 from .codec_adapter import (
     CodecSpec,
-    TensorEncoder,
     decode_update,
+    decoder_state,
     encode_update,
+    load_decoder_state,
     make_decoder,
     make_encoder,
 )
@@ -118,9 +120,23 @@ class ClientRunner:
         self.seed = seed
         self.rounds = 0
         self.decoder = make_decoder()
-        self.encoder: TensorEncoder = make_encoder(uplink, stream_id=f"c{client_id}/up")
+        self.encoder = make_encoder(uplink, stream_id=f"c{client_id}/up")
 
-    def run(self, payload: bytes, version: int) -> ClientResult:
+    def state_dict(self) -> dict[str, Any]:
+        """Round counter and both stream states (checkpointing; arrays and plain types)."""
+        return {"rounds": self.rounds, "encoder": self.encoder.state_dict(),
+                "decoder": decoder_state(self.decoder)}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.rounds = int(sd["rounds"])
+        self.encoder.load_state_dict(sd["encoder"])
+        load_decoder_state(self.decoder, sd["decoder"])
+
+    def run(self, payload: bytes, version: int, keyframe: bool = False) -> ClientResult:
+        """Decode the model, train, encode the delta; ``keyframe`` resets the uplink stream
+        first (the server lost track of it), so this result decodes from scratch."""
+        if keyframe:
+            self.encoder.reset()
         params, dec_s = decode_update(self.decoder, payload)
         t0 = time.perf_counter()
         seed = derive_seed(self.seed, self.client_id, self.rounds)

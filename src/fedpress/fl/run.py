@@ -74,7 +74,7 @@ def run_experiment(
     (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     if inputs is None:
         inputs = prepare_inputs(cfg)
-    with torch_threads(cfg.run.torch_threads), EventLog(out / EVENTS_FILE, cfg.run.target_accuracy) as log:
+    with torch_threads(cfg.run.torch_threads), EventLog(out / EVENTS_FILE, cfg.run.target_accuracy, tensorboard=cfg.run.tensorboard) as log:
         server = build_server(cfg, inputs, log, on_progress)
         summary = server.run()
     summary.update(

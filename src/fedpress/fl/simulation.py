@@ -19,9 +19,10 @@ from .client import ClientRunner, LocalTrainer, TrainSpec
 from .codec_adapter import CodecSpec
 from .evaluate import Evaluator
 from .params import get_params
-from .profiles import TimingModel, make_profiles
+from .profiles import make_profiles
 from .server import Server, StopRule
 from .strategies import build_strategy
+from .timing import TimingModel
 
 
 @dataclass
@@ -59,7 +60,9 @@ def build_server(
     spec = TrainSpec(t.lr, t.momentum, t.wd, t.batch, t.local_epochs, t.local_steps)
     uplink = codec_spec(cfg.codec)
     parts = inputs.parts
-    timing = TimingModel(cfg.clients.timing, cfg.clients.codec_mb_per_s)
+    timing = TimingModel.for_links(
+        cfg.clients.timing, uplink, codec_spec(cfg.codec.downlink), cfg.clients.codec_mb_per_s
+    )
     profiles = make_profiles(n, cfg.clients, seed)
     transport: Transport
     if cfg.simulation.backend == "ray":  # ray is an optional extra: imported only when chosen
@@ -96,4 +99,5 @@ def build_server(
         timing=timing,
         seed=seed,
         on_progress=on_progress,
+        uplink=uplink,
     )

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .summary import SummaryBuilder
 
@@ -32,11 +32,35 @@ def _clean(value: Any) -> Any:
     return value
 
 
-class EventLog:
-    """Appends events to ``path`` (if given) and feeds a streaming :class:`SummaryBuilder`."""
+class EventSink(Protocol):
+    """Something that mirrors the event log elsewhere (e.g. TensorBoard); sees every record."""
 
-    def __init__(self, path: str | Path | None = None, target_accuracy: float | None = None):
+    def add(self, rec: dict[str, Any]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EventLog:
+    """Appends events to ``path`` (if given), feeds a streaming :class:`SummaryBuilder` and
+    mirrors every record into ``sinks``.
+
+    ``tensorboard=True`` adds a :class:`~fedpress.metrics.tensorboard.TensorBoardSink` writing
+    event files next to ``path`` (the run directory), so ``tensorboard --logdir runs/`` shows
+    every run.
+    """
+
+    def __init__(self, path: str | Path | None = None, target_accuracy: float | None = None,
+                 *, tensorboard: bool = False, sinks: Sequence[EventSink] = ()) -> None:
         self.path = Path(path) if path is not None else None
+        self.sinks: list[EventSink] = list(sinks)
+        if tensorboard:
+            if self.path is None:
+                raise ValueError("tensorboard event files need a log path (a run directory)")
+            from .tensorboard import TensorBoardSink
+
+            self.sinks.append(TensorBoardSink(self.path.parent))
         self._fh = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,16 +72,23 @@ class EventLog:
         self.summary.add(rec)
         if self._fh is not None:
             self._fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        for sink in self.sinks:
+            sink.add(rec)
         return rec
 
     def flush(self) -> None:
         if self._fh is not None:
             self._fh.flush()
+        for sink in self.sinks:
+            sink.flush()
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
     def __enter__(self) -> EventLog:
         return self
