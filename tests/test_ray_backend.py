@@ -20,10 +20,10 @@ from fedpress.backends.ray_transport import lower_bound, pool_size, samples_per_
 from fedpress.config import ConfigError, load_config
 from fedpress.fl.client import LocalTrainer, TrainSpec
 from fedpress.fl.params import get_params
-from fedpress.fl.profiles import ClientProfile, round_trip
 from fedpress.fl.run import torch_threads
 from fedpress.fl.simulation import build_server
 from fedpress.metrics.events import EventLog, strip_wall
+from fedpress.transport.sim import ClientProfile, round_trip
 
 # -- arithmetic (no Ray needed) ------------------------------------------------------------
 
@@ -161,7 +161,8 @@ def dispatches(events):
 def test_ray_gives_the_inprocess_run(local_ray, strategy, codec):
     """Same event log (wall fields aside), same uplink bytes, same final model as in-process;
     a stateful lossy codec (grad) checks the clients' streams stay on their actor."""
-    kw = {"codec__name": codec, "run__max_updates": 24, "strategy__max_in_flight": 4}
+    limit = "strategy__clients_per_round" if strategy == "fedavg" else "strategy__max_in_flight"
+    kw = {"codec__name": codec, "run__max_updates": 24, limit: 4}
     inproc = run(quick_config(strategy, **kw))
     on_ray = run(quick_config(strategy, **kw, simulation__backend="ray"))
     assert_same_run(inproc, on_ray)

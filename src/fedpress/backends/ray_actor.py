@@ -89,15 +89,17 @@ class ClientPool:
         version: int,
         rounds: int,
         up_seq: int,
+        keyframe: bool = False,
         crash: bool = False,
     ) -> tuple[ClientResult, int]:
         """One dispatch; returns the result and the client's uplink stream position after it.
 
+        ``keyframe`` is the server's request to restart the uplink stream (transport contract);
         ``crash`` ends this worker process at once (fault injection for tests and drills)."""
         if crash:
             os._exit(1)
         runner = self._runner(client_id, rounds, up_seq)
-        result = runner.run(payload, version)
+        result = runner.run(payload, version, keyframe=keyframe)
         return result, int(getattr(runner.encoder, "seq", 0))
 
     def info(self) -> dict[str, int | str]:
