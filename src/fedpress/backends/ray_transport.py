@@ -329,6 +329,9 @@ class RayTransport(Transport):
         except RayTaskError as exc:  # the client's own error: raise it as in-process would
             cause = exc.cause if isinstance(exc.cause, BaseException) else exc
             raise cause from None
+        if result is None:  # a rebuilt client could not resume its downlink stream
+            self._fail(p, "lost_stream_state")
+            return
         c = p.client_id
         self._rounds[c] += 1
         self._up_seq[c] = up_seq
@@ -371,8 +374,12 @@ class RayTransport(Transport):
             )
             self._submit(p)  # held back until the probe answers
             return
-        self.counters["failed"] += 1
         _log.warning("client %d: actor lost (%s); reported failed", p.client_id, type(exc).__name__)
+        self._fail(p, "actor_lost")
+
+    def _fail(self, p: _Pending, why: str) -> None:
+        """Deliver ``p`` as a failed arrival at its lower bound; the server rejects it."""
+        self.counters["failed"] += 1
         c = p.client_id
         result = ClientResult(
             client_id=c,
@@ -382,7 +389,11 @@ class RayTransport(Transport):
             samples=0,
             raw_bytes_down=0,
             raw_bytes_up=0,
-            metrics={"client_failed": 1.0, "client_attempts": float(p.attempts + 1)},
+            metrics={
+                "client_failed": 1.0,
+                f"client_failed_{why}": 1.0,
+                "client_attempts": float(p.attempts + 1),
+            },
         )
         heapq.heappush(
             self._ready, (p.bound, p.seq, Arrival(result, p.bound, p.dispatched_at, p.bytes_down))
