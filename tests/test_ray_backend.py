@@ -7,6 +7,8 @@ machine). The multi-process cluster test is in ``test_ray_cluster.py``.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 
 import numpy as np
@@ -20,10 +22,10 @@ from fedpress.backends.ray_transport import lower_bound, pool_size, samples_per_
 from fedpress.config import ConfigError, load_config
 from fedpress.fl.client import LocalTrainer, TrainSpec
 from fedpress.fl.params import get_params
-from fedpress.fl.profiles import ClientProfile, round_trip
 from fedpress.fl.run import torch_threads
 from fedpress.fl.simulation import build_server
 from fedpress.metrics.events import EventLog, strip_wall
+from fedpress.transport.sim import ClientProfile, round_trip
 
 # -- arithmetic (no Ray needed) ------------------------------------------------------------
 
@@ -99,7 +101,18 @@ def local_ray():
     ray.shutdown()
 
 
-def run(cfg, prepare=None):
+@functools.lru_cache(maxsize=1)
+def wide_inputs():
+    """Digits with a hidden layer of 32: a 64x32 weight (2048 values) is big enough to go
+    through the lossy, stateful ``grad`` codec (tensors of <= 1024 values go lossless)."""
+
+    def model_fn() -> nn.Module:  # nested: Ray ships it to the actors by value
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    return dataclasses.replace(digits_inputs(), model_fn=model_fn)
+
+
+def run(cfg, prepare=None, inputs=None):
     """Run ``cfg``; returns (events without wall fields, final params, sha256 of every
     uplink payload in arrival order, the transport's counters). ``prepare(server)`` runs
     before the loop starts (fault injection)."""
@@ -114,7 +127,7 @@ def run(cfg, prepare=None):
 
     log.write = record
     with torch_threads(1):
-        server = build_server(cfg, digits_inputs(), log)
+        server = build_server(cfg, inputs or digits_inputs(), log)
         hashes = []
         next_event = server.transport.next_event
 
@@ -161,26 +174,29 @@ def dispatches(events):
 def test_ray_gives_the_inprocess_run(local_ray, strategy, codec):
     """Same event log (wall fields aside), same uplink bytes, same final model as in-process;
     a stateful lossy codec (grad) checks the clients' streams stay on their actor."""
-    kw = {"codec__name": codec, "run__max_updates": 24, "strategy__max_in_flight": 4}
-    inproc = run(quick_config(strategy, **kw))
-    on_ray = run(quick_config(strategy, **kw, simulation__backend="ray"))
+    limit = "strategy__clients_per_round" if strategy == "fedavg" else "strategy__max_in_flight"
+    kw = {"codec__name": codec, "run__max_updates": 24, limit: 4}
+    inproc = run(quick_config(strategy, **kw), inputs=wide_inputs())
+    on_ray = run(quick_config(strategy, **kw, simulation__backend="ray"), inputs=wide_inputs())
     assert_same_run(inproc, on_ray)
     assert on_ray[3]["dispatches"] > 0 and on_ray[3]["actors"] == 2
     arrivals = [e for e in on_ray[0] if e["event"] == "arrival"]
     assert arrivals and all(e["status"] == "accepted" for e in arrivals)
+    # the lossy codec really ran on the 64x32 weight (not only the lossless small-tensor path)
+    assert all(e["bytes_up"] < 0.6 * e["raw_bytes_up"] for e in arrivals)
     if strategy == "fedavg":
         # one object-store put per global version, not per client
         assert on_ray[3]["puts"] < on_ray[3]["dispatches"]
 
 
 def test_killed_actors_are_restarted_and_the_work_retried(local_ray):
-    """Workers die (os._exit) on three dispatches; Ray restarts them, the lost work is re-run
+    """Workers die (os._exit) on two dispatches; Ray restarts them, the lost work is re-run
     and the run is still exactly the in-process one (a stateless codec re-sends the same bytes)."""
     kw = {"codec__name": "sz3", "run__max_updates": 16, "strategy__max_in_flight": 4}
     inproc = run(quick_config("fedasync", **kw))
     order = dispatches(inproc[0])
     again = next(d for d in order if d[1] == 1)  # some client's second dispatch
-    crash = {order[0], order[1], again}
+    crash = {order[0], again}
 
     def inject(server):
         server.transport.crash_on = set(crash)
@@ -198,17 +214,38 @@ def test_fail_policy_reports_the_client_and_the_run_goes_on(local_ray):
     (keyframe at the expected position) and their updates are still accepted."""
     kw = {"codec__name": "grad", "run__max_updates": 16, "strategy__max_in_flight": 4}
     cfg = quick_config("fedasync", **kw, simulation__backend="ray", simulation__on_failure="fail")
-    order = dispatches(run(quick_config("fedasync", **kw))[0])
+    order = dispatches(run(quick_config("fedasync", **kw), inputs=wide_inputs())[0])
     again = next(d for d in order if d[1] == 1)
 
     def inject(server):
         server.transport.crash_on = {again}
 
-    events, _, _, stats = run(cfg, inject)
+    events, _, _, stats = run(cfg, inject, wide_inputs())
     arrivals = [e for e in events if e["event"] == "arrival"]
     failed = [e for e in arrivals if e.get("client_failed") == 1.0]
     assert stats["failed"] >= 1 and len(failed) == stats["failed"] and stats["retries"] == 0
     assert any(e["client"] == again[0] for e in failed)
     assert all(e["status"] == "rejected" for e in failed)
     assert all(e["status"] == "accepted" for e in arrivals if e.get("client_failed") is None)
+    assert events[-1]["event"] == "end" and events[-1]["reason"] == "max_updates"
+
+
+@pytest.mark.slow
+def test_a_lost_downlink_stream_fails_the_client_not_the_run(local_ray):
+    """A stateful downlink codec: a client rebuilt after a crash cannot decode the server's
+    delta-coded model; it is reported failed (``client_failed_lost_stream_state``) and the run
+    still ends by its stop rule."""
+    kw = {"codec__name": "grad", "codec__downlink__name": "grad", "run__max_updates": 16,
+          "strategy__max_in_flight": 4}
+    order = dispatches(run(quick_config("fedasync", **kw), inputs=wide_inputs())[0])
+    again = next(d for d in order if d[1] == 1)
+
+    def inject(server):
+        server.transport.crash_on = {again}
+
+    cfg = quick_config("fedasync", **kw, simulation__backend="ray")
+    events, _, _, stats = run(cfg, inject, wide_inputs())
+    lost = [e for e in events if e.get("client_failed_lost_stream_state") == 1.0]
+    assert stats["retries"] >= 1 and lost and len(lost) <= stats["failed"]
+    assert all(e["status"] == "rejected" for e in lost)
     assert events[-1]["event"] == "end" and events[-1]["reason"] == "max_updates"

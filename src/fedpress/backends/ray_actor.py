@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from fedpress.codec.errors import CodecError
 from fedpress.fl.client import ClientRunner, LocalTrainer, TrainSpec
 from fedpress.fl.codec_adapter import CodecSpec
 from fedpress.transport.base import ClientResult
@@ -63,6 +64,7 @@ class ClientPool:
         self.parts = parts
         self.runners: dict[int, ClientRunner] = {}
         self.restored = 0  # runners rebuilt from the driver's account (after a restart)
+        self._unsynced: set[int] = set()  # rebuilt clients that have not run successfully yet
 
     def _runner(self, client_id: int, rounds: int, up_seq: int) -> ClientRunner:
         r = self.runners.get(client_id)
@@ -80,6 +82,7 @@ class ClientPool:
                 enc.reset()
                 enc.seq = up_seq  # type: ignore[attr-defined]
             self.restored += 1
+            self._unsynced.add(client_id)
         return r
 
     def run(
@@ -89,15 +92,26 @@ class ClientPool:
         version: int,
         rounds: int,
         up_seq: int,
+        keyframe: bool = False,
         crash: bool = False,
-    ) -> tuple[ClientResult, int]:
+    ) -> tuple[ClientResult | None, int]:
         """One dispatch; returns the result and the client's uplink stream position after it.
 
+        The result is None when a rebuilt client cannot decode its model: a stateful downlink
+        stream lost with the old process (the driver reports the client failed).
+
+        ``keyframe`` is the server's request to restart the uplink stream (transport contract);
         ``crash`` ends this worker process at once (fault injection for tests and drills)."""
         if crash:
             os._exit(1)
         runner = self._runner(client_id, rounds, up_seq)
-        result = runner.run(payload, version)
+        try:
+            result = runner.run(payload, version, keyframe=keyframe)
+        except CodecError:
+            if client_id not in self._unsynced:
+                raise  # the client's own error, as in-process
+            return None, up_seq
+        self._unsynced.discard(client_id)
         return result, int(getattr(runner.encoder, "seq", 0))
 
     def info(self) -> dict[str, int | str]:

@@ -1,7 +1,7 @@
 """Ray transport: the in-process virtual clock, with the clients' work run on a Ray actor pool.
 
 ``dispatch`` submits the client's work to its actor and returns at once, so every client in
-flight trains in parallel. The virtual clock is the in-process one (``fl.profiles.round_trip``),
+flight trains in parallel. The virtual clock is the in-process one (``transport.sim.round_trip``),
 but an arrival's time depends on the result (the upload size), so futures are resolved lazily:
 a pending dispatch cannot arrive before ``dispatched_at + download + compute + latency``
 (:func:`lower_bound`), and ``next_event`` waits only on the futures whose bound could precede
@@ -28,8 +28,14 @@ from typing import Any
 import numpy as np
 
 from fedpress.fl.client import TrainSpec
-from fedpress.fl.profiles import ClientProfile, TimingModel, round_trip, transfer_seconds
 from fedpress.transport.base import Arrival, ClientResult, Transport
+from fedpress.transport.sim import (
+    ClientProfile,
+    CodecClock,
+    WallCodecClock,
+    round_trip,
+    transfer_seconds,
+)
 
 from .config import SimulationConfig
 from .ray_actor import ClientPool, ClientRecipe
@@ -107,6 +113,7 @@ class _Pending:
     bytes_down: int
     dispatched_at: float
     bound: float  # earliest possible arrival time
+    keyframe: bool = False
     attempts: int = 0
     ref: Any = None
 
@@ -128,7 +135,7 @@ class RayTransport(Transport):
         train_y: np.ndarray,
         parts: Sequence[np.ndarray],
         profiles: Sequence[ClientProfile],
-        timing: TimingModel | None = None,
+        timing: CodecClock | None = None,
         sim: SimulationConfig | None = None,
     ) -> None:
         import ray
@@ -137,7 +144,7 @@ class RayTransport(Transport):
         ensure_ray(self.sim)
         self._ray = ray
         self.profiles = list(profiles)
-        self.timing = timing or TimingModel()
+        self.timing: CodecClock = timing or WallCodecClock()
         self.spec = recipe.spec
         self._shard_sizes = [len(p) for p in parts]
         n = len(parts)
@@ -184,7 +191,7 @@ class RayTransport(Transport):
         uplink: Any,
         seed: int,
         profiles: Sequence[ClientProfile],
-        timing: TimingModel,
+        timing: CodecClock,
         threads: int | None = 1,
     ) -> RayTransport:
         """Build from a ``SimulationInputs`` the way ``fl.simulation`` builds in-process clients."""
@@ -210,6 +217,7 @@ class RayTransport(Transport):
             len(payload),
             self._now,
             bound,
+            keyframe,
         )
         self._busy.add(client_id)
         self.counters["dispatches"] += 1
@@ -284,7 +292,7 @@ class RayTransport(Transport):
             return
         crash = p.attempts == 0 and (c, self._rounds[c]) in self.crash_on
         p.ref = self.actors[idx].run.remote(
-            c, p.payload_ref, p.version, self._rounds[c], self._up_seq[c], crash
+            c, p.payload_ref, p.version, self._rounds[c], self._up_seq[c], p.keyframe, crash
         )
         self._pending[p.ref] = p
 
@@ -321,17 +329,27 @@ class RayTransport(Transport):
         except RayTaskError as exc:  # the client's own error: raise it as in-process would
             cause = exc.cause if isinstance(exc.cause, BaseException) else exc
             raise cause from None
+        if result is None:  # a rebuilt client could not resume its downlink stream
+            self._fail(p, "lost_stream_state")
+            return
         c = p.client_id
         self._rounds[c] += 1
         self._up_seq[c] = up_seq
         t = result.timings
+        clock = self.timing  # exactly the in-process transport's account of the round trip
         sim = round_trip(
             self.profiles[c],
             bytes_down=p.bytes_down,
             bytes_up=len(result.payload),
             samples=result.samples,
-            decode_s=self.timing.codec_seconds(result.raw_bytes_down, t.get("wall_decode_s", 0.0)),
-            encode_s=self.timing.codec_seconds(result.raw_bytes_up, t.get("wall_encode_s", 0.0)),
+            decode_s=clock.codec_seconds(
+                "down", "decode", result.raw_bytes_down, t.get("wall_decode_s", 0.0)
+            ),
+            encode_s=clock.codec_seconds(
+                "up", "encode", result.raw_bytes_up, t.get("wall_encode_s", 0.0)
+            ),
+            server_encode_s=clock.codec_seconds("down", "encode", result.raw_bytes_down),
+            server_decode_s=clock.codec_seconds("up", "decode", result.raw_bytes_up),
         )
         arrival = Arrival(
             result, p.dispatched_at + sim["total_s"], p.dispatched_at, p.bytes_down, sim
@@ -356,8 +374,12 @@ class RayTransport(Transport):
             )
             self._submit(p)  # held back until the probe answers
             return
-        self.counters["failed"] += 1
         _log.warning("client %d: actor lost (%s); reported failed", p.client_id, type(exc).__name__)
+        self._fail(p, "actor_lost")
+
+    def _fail(self, p: _Pending, why: str) -> None:
+        """Deliver ``p`` as a failed arrival at its lower bound; the server rejects it."""
+        self.counters["failed"] += 1
         c = p.client_id
         result = ClientResult(
             client_id=c,
@@ -367,7 +389,11 @@ class RayTransport(Transport):
             samples=0,
             raw_bytes_down=0,
             raw_bytes_up=0,
-            metrics={"client_failed": 1.0, "client_attempts": float(p.attempts + 1)},
+            metrics={
+                "client_failed": 1.0,
+                f"client_failed_{why}": 1.0,
+                "client_attempts": float(p.attempts + 1),
+            },
         )
         heapq.heappush(
             self._ready, (p.bound, p.seq, Arrival(result, p.bound, p.dispatched_at, p.bytes_down))
