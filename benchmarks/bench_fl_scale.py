@@ -51,8 +51,10 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     strat = job["strategy"]
     ov = [f"data.clients={n}", f"strategy.name={strat}", f"codec.name={job['codec']}",
           f"run.max_updates={job['updates']}", "run.rounds=null", "run.eval_every=null",
-          "run.plots=false", "train.batch=10", "train.lr=0.05", "strategy.K=10",
+          "run.plots=false", "train.batch=10", "train.lr=0.05",
           "clients.compute={dist: lognormal, s_per_sample: 0.001, sigma: 1.0}"]
+    if strat in ("fedbuff", "fedfa"):
+        ov.append("strategy.K=10")  # each strategy section takes only its own keys
     ov.append(f"strategy.clients_per_round={n}" if strat == "fedavg" else f"strategy.max_in_flight={n}")
     cfg = load_config({}, ov)
     run_experiment(cfg.model_copy(deep=True), ["run.max_updates=5"], run_dir=job["run_dir"],

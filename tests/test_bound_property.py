@@ -2,6 +2,7 @@
 
 The codec list comes from the registry, so a new pointwise codec is checked as soon as it
 registers. The bound is recomputed here in float64 from ``ErrorBound``, not taken from the codec.
+Tensors come in every byte order (``'>f4'`` included): the bound must hold for all of them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fedpress.codec.bound import ErrorBound
 
 POINTWISE = sorted(name for name, cls in available_codecs().items() if cls.pointwise_bound)
 DTYPES = [np.float16, np.float32, np.float64]
+BYTE_ORDERS = ["=", ">", "<"]  # native, big-endian, little-endian spelled out
 EBS = [1e-1, 1e-2, 1e-3, 1e-5]
 
 shapes = st.one_of(
@@ -47,7 +49,8 @@ def tensors(draw: st.DrawFn) -> np.ndarray:
     else:
         x = np.where(rng.random(shape) < 0.9, 0.0, rng.standard_normal(shape) * scale)
     top = float(np.finfo(dtype).max)
-    return np.clip(np.asarray(x, dtype=np.float64), -top, top).astype(dtype)
+    out = np.clip(np.asarray(x, dtype=np.float64), -top, top).astype(dtype)
+    return out.astype(dtype.newbyteorder(draw(st.sampled_from(BYTE_ORDERS))))
 
 
 def roundtrip(name: str, mode: str, eb: float, x: np.ndarray) -> np.ndarray:
@@ -62,7 +65,7 @@ def roundtrip(name: str, mode: str, eb: float, x: np.ndarray) -> np.ndarray:
 @given(x=tensors(), mode=st.sampled_from(["abs", "rel"]), eb=st.sampled_from(EBS))
 def test_pointwise_bound_holds(name: str, x: np.ndarray, mode: str, eb: float) -> None:
     y = roundtrip(name, mode, eb, x)
-    assert y.shape == x.shape and y.dtype == x.dtype
+    assert y.shape == x.shape and y.dtype == x.dtype.newbyteorder("=")  # decoders return native
     bound = ErrorBound(mode, eb).absolute(x)
     err = np.abs(x.astype(np.float64) - y.astype(np.float64))
     assert err.max(initial=0.0) <= bound, f"max error {err.max()} > bound {bound}"

@@ -22,6 +22,9 @@ def test_quick_demo_compresses_the_uplink_and_writes_its_report(tmp_path, capsys
     raw, grad = rows["uncompressed"], rows["grad"]
     assert grad["bytes_up"] * 4 < raw["bytes_up"]  # REL 1e-2 compresses updates several-fold
     assert grad["comm_s"] < raw["comm_s"]
-    assert 0.0 <= grad["final_accuracy"] <= 1.0
+    # the lossy uplink costs little accuracy at REL 1e-2 (same seed, same clients)
+    assert abs(grad["final_accuracy"] - raw["final_accuracy"]) <= 0.1
+    # the honest clock: raw costs no codec time, grad its own measured time
+    assert raw["codec_s"] == 0.0 and grad["codec_s"] > 0.0
     assert (tmp_path / "demo.png").stat().st_size > 0
     assert "uplink codec" in capsys.readouterr().out

@@ -281,7 +281,7 @@ def linear_frame_with_section(section_fn) -> tuple[bytes, np.ndarray]:
     r = FrameReader(frame)
     kind, abs_eb = r.unpack("Bd")
     (crc,) = r.unpack("I")
-    section = r.section()
+    section = bytes(r.section())
     rest = frame[r._pos :]
     w = FrameWriter()
     w.pack("BdI", kind, abs_eb, crc)

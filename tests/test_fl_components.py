@@ -13,7 +13,8 @@ from fedpress.fl.codec_adapter import (
     make_decoder,
     make_encoder,
 )
-from fedpress.fl.profiles import ClientProfile, TimingModel, load_trace, make_profiles, round_trip
+from fedpress.fl.profiles import ClientProfile, load_trace, make_profiles, round_trip
+from fedpress.fl.timing import CodecSpeed, TimingModel
 
 
 def tensors(seed: int = 0) -> dict[str, np.ndarray]:
@@ -99,8 +100,58 @@ def test_round_trip_arithmetic():
     assert rt["upload_s"] == pytest.approx(1.0 + 0.1)
     assert rt["compute_s"] == pytest.approx(0.5)
     assert rt["total_s"] == pytest.approx(1.1 + 0.2 + 0.5 + 0.3 + 1.1)
-    modeled = TimingModel("modeled", codec_mb_per_s=50)
-    assert modeled.codec_seconds(100_000_000, measured_s=123.0) == pytest.approx(2.0)
-    assert TimingModel("measured").codec_seconds(1, measured_s=0.7) == 0.7
+    rt2 = round_trip(p, bytes_down=0, bytes_up=0, samples=0, decode_s=0.0, encode_s=0.0,
+                     server_encode_s=0.25, server_decode_s=0.5)
+    assert rt2["total_s"] == pytest.approx(0.1 + 0.1 + 0.25 + 0.5)
+
+
+def test_timing_model_charges_each_codec_its_own_speed():
+    up, down = CodecSpeed(50.0, 200.0), CodecSpeed(10.0, 20.0)
+    modeled = TimingModel("modeled", up=up, down=down)
+    # 100 MB: uplink encode at 50 MB/s, decode at 200 MB/s; downlink 10 / 20 MB/s
+    assert modeled.codec_seconds("up", "encode", 100_000_000, 123.0) == pytest.approx(2.0)
+    assert modeled.codec_seconds("up", "decode", 100_000_000) == pytest.approx(0.5)
+    assert modeled.codec_seconds("down", "encode", 100_000_000) == pytest.approx(10.0)
+    assert modeled.codec_seconds("down", "decode", 100_000_000) == pytest.approx(5.0)
+    raw = TimingModel("modeled")  # no speeds: raw links cost nothing
+    assert raw.codec_seconds("up", "encode", 10**9, 5.0) == 0.0
+    measured = TimingModel("measured", up=up)
+    assert measured.codec_seconds("up", "encode", 1, measured_s=0.7) == 0.7
+    assert measured.codec_seconds("up", "decode", 100_000_000) == pytest.approx(0.5)  # unmeasured
     with pytest.raises(ValueError):
         TimingModel("sometimes")
+    with pytest.raises(ValueError):
+        modeled.codec_seconds("sideways", "encode", 1)
+    old = TimingModel("modeled", 50.0)  # the older two-argument form: one throughput, both links
+    assert old.codec_seconds("down", "decode", 100_000_000) == pytest.approx(2.0)
+
+
+def _imports(path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.level:  # relative: resolve against the package
+                pkg = ".".join(path.relative_to(SRC.parent).with_suffix("").parts[: -node.level])
+                out.add(f"{pkg}.{node.module}")
+            else:
+                out.add(node.module)
+    return out
+
+
+SRC = __import__("pathlib").Path(__file__).resolve().parents[1] / "src" / "fedpress"
+
+
+def test_dependencies_point_downward():
+    """transport never imports the engine (the engine imports transport.base); config never
+    imports the engine (the engine's run entry point imports config); codec imports neither."""
+    for path in (SRC / "transport").glob("*.py"):
+        assert not any(m.startswith("fedpress.fl") for m in _imports(path)), path.name
+    assert not any(m.startswith("fedpress.fl") for m in _imports(SRC / "config.py"))
+    for path in (SRC / "codec").glob("*.py"):
+        bad = [m for m in _imports(path) if m.startswith(("fedpress.fl", "fedpress.transport", "fedpress.config"))]
+        assert not bad, (path.name, bad)

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from test_fl_support import digits_inputs, quick_config
 
+from fedpress.config import load_config
 from fedpress.fl.codec_adapter import pack_raw
-from fedpress.fl.profiles import ClientProfile, TimingModel, round_trip
+from fedpress.fl.profiles import ClientProfile, round_trip
 from fedpress.fl.run import run_experiment
 from fedpress.fl.simulation import build_server
+from fedpress.fl.timing import CodecSpeed, TimingModel
 from fedpress.metrics.events import EventLog, read_events, strip_wall
 from fedpress.transport.base import ClientResult
 from fedpress.transport.inprocess import InProcessTransport
@@ -26,7 +28,7 @@ class FakeClient:
         self.samples = samples
         self.payload = payload
 
-    def run(self, payload: bytes, version: int) -> ClientResult:
+    def run(self, payload: bytes, version: int, keyframe: bool = False) -> ClientResult:
         up = self.payload or pack_raw({"w": np.full(4, float(self.cid), np.float32)})
         return ClientResult(self.cid, version, up, 10, self.samples, 16, 16)
 
@@ -36,7 +38,9 @@ def profiles(speeds: list[float]) -> list[ClientProfile]:
 
 
 def test_virtual_clock_orders_arrivals_and_respects_deadlines():
-    tr = InProcessTransport(lambda c: FakeClient(c), profiles([0.03, 0.01, 0.02]), TimingModel())
+    speed = CodecSpeed(100.0, 50.0)  # MB/s encode, decode
+    tr = InProcessTransport(lambda c: FakeClient(c), profiles([0.03, 0.01, 0.02]),
+                            TimingModel("modeled", up=speed, down=speed))
     model = pack_raw({"w": np.zeros(4, np.float32)})
     for c in (0, 1, 2):
         tr.dispatch(c, model, 0)
@@ -45,7 +49,8 @@ def test_virtual_clock_orders_arrivals_and_respects_deadlines():
         tr.dispatch(1, model, 0)
     expected = {
         c: round_trip(tr.profiles[c], bytes_down=len(model), bytes_up=len(FakeClient(c).run(b"", 0).payload),
-                      samples=100, decode_s=16 / 100e6, encode_s=16 / 100e6)["total_s"]
+                      samples=100, decode_s=16 / 50e6, encode_s=16 / 100e6,
+                      server_encode_s=16 / 100e6, server_decode_s=16 / 50e6)["total_s"]
         for c in (0, 1, 2)
     }
     assert tr.next_event(deadline=0.5) is None and tr.now() == 0.5  # nobody before 0.5 s
@@ -88,7 +93,7 @@ def test_same_seed_gives_identical_logs(tmp_path, strategy):
 def test_fedfa_clients_never_idle_fedavg_clients_wait(tmp_path):
     inputs = digits_inputs()
     fa = run_experiment(quick_config("fedfa"), run_dir=tmp_path / "fa", inputs=inputs)
-    assert fa["idle_time_total_s"] == 0.0 and fa["idle_fraction"] == 0.0
+    assert fa["idle_fraction"] == pytest.approx(0.0, abs=1e-9)
     assert fa["participating_clients"] == 8
     assert fa["wait_time_mean_s"] <= 1e-12 or fa["versions"] < fa["updates"]
     dispatches = [e for e in read_events(tmp_path / "fa") if e["event"] == "dispatch"]
@@ -176,8 +181,30 @@ def test_fedfa_redispatch_rule(tmp_path, redispatch, expect_all):
                        strategy__redispatch=redispatch, run__max_updates=60)
     s = run_experiment(cfg, run_dir=tmp_path, inputs=digits_inputs())
     assert (s["participating_clients"] == 8) is expect_all
-    if not expect_all:
-        assert s["participating_clients"] == 3 and s["idle_time_total_s"] == 0.0
+    # 3 of 8 clients train at any time: 5/8 of the available client time is idle either way
+    assert s["idle_fraction"] == pytest.approx(5 / 8, abs=1e-9)
+    if not expect_all:  # the literal rule: the first 3 drawn are the only ones who ever train
+        assert s["participating_clients"] == 3
+
+
+def test_fedfa_defaults_let_every_client_train_and_nobody_idle(tmp_path):
+    cfg = load_config(quick_config("fedfa"), ["strategy.max_in_flight=null"])
+    s = run_experiment(cfg, run_dir=tmp_path, inputs=digits_inputs())
+    assert s["participating_clients"] == 8
+    assert s["idle_fraction"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_idle_time_counts_clients_never_dispatched():
+    """A run of 4 clients where one trains from 0 to 10 s and three never do: 30 of the 40
+    available client-seconds are idle (the old metric, arrival-to-redispatch gaps, said 0)."""
+    log = EventLog(None)
+    log.write("start", t=0.0, strategy="x", num_clients=4)
+    log.write("dispatch", t=0.0, client=0)
+    log.write("arrival", t=10.0, client=0, dispatched_at=0.0, status="accepted")
+    s = log.summary.result()
+    assert s["idle_time_total_s"] == pytest.approx(30.0)
+    assert s["idle_fraction"] == pytest.approx(0.75)
+    assert s["idle_between_dispatches_s"] == 0.0
 
 
 def test_diverged_client_on_a_lossy_link_is_rejected_not_fatal(monkeypatch):

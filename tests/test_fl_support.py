@@ -30,16 +30,36 @@ def digits_inputs(clients: int = 8, scheme: str = "iid", seed: int = 0) -> Simul
     return SimulationInputs(train.x, train.y, test.x, test.y, parts, model_fn)
 
 
+def _strategy_section(strategy: str, clients: int) -> dict[str, Any]:
+    """Each strategy takes only its own keys (the config refuses the others)."""
+    sec: dict[str, Any] = {"name": strategy}
+    if strategy in ("fedbuff", "fedfa"):
+        sec["K"] = 4
+    if strategy in ("fedasync", "fedbuff", "fedfa"):
+        sec["max_in_flight"] = clients
+    return sec
+
+
 def quick_config(strategy: str = "fedavg", clients: int = 8, **sections: Any):
     """A small digits config; ``sections`` are dotted overrides written as keyword pairs."""
     base = {
         "data": {"dataset": "digits", "clients": clients},
         "model": {"name": "mlp"},
         "train": {"lr": 0.1, "batch": 16},
-        "strategy": {"name": strategy, "K": 4, "max_in_flight": clients},
+        "strategy": _strategy_section(strategy, clients),
         "clients": {"compute": {"dist": "lognormal", "s_per_sample": 0.001, "sigma": 1.0}},
         "run": {"max_updates": 40, "eval_every": 4, "plots": False, "seed": 0},
     }
     overrides = [f"{k.replace('__', '.')}={v}" for k, v in sections.items()]
     return load_config(base, overrides)
 
+
+
+def mlp_digits_inputs(clients: int = 4) -> SimulationInputs:
+    """Digits with the registry MLP, whose weights are large enough for the lossy codecs."""
+    import dataclasses
+
+    from fedpress.models import build_model
+
+    return dataclasses.replace(digits_inputs(clients=clients),
+                               model_fn=lambda: build_model("mlp", 1, 10, 8))

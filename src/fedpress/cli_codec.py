@@ -2,12 +2,19 @@
 
 A directory laid out as ``client_<id>/round_<r>.safetensors`` is coded as one stream per client,
 rounds in order, so stateful codecs see the rounds as they would in training.
+
+These commands never import torch: safetensors files are read and written here with numpy
+(bfloat16 widened to float32 exactly), and the compiled ``fast`` codec loads numba only when used.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
+import shutil
+import struct
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -15,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from .codec.base import available_codecs, codec_parameters
-from .codec.errors import CodecError
+from .codec.errors import CodecError, StreamStateError
 from .codec.routing import Policy
-from .codec.stream import StreamDecoder, StreamEncoder
+from .codec.stream import StreamDecoder, StreamEncoder, TaggedArray
+from .codec.wire import parse_manifest
 
 _ROUND = re.compile(r"round_(\d+)$")
 
@@ -59,14 +67,62 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def _load_safetensors(path: Path) -> dict[str, object]:
-    from safetensors import SafetensorError, safe_open
+# ------------------------------------------------------------------ safetensors without torch
+#: safetensors dtype names <-> numpy; BF16 is widened to float32 exactly (numpy has no bfloat16).
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "I64": "int64",
+              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+_MAX_ST_HEADER = 100 * 1024 * 1024
 
+
+def _load_safetensors(path: Path) -> dict[str, object]:
+    """Tensors of a ``.safetensors`` file as numpy arrays (``TaggedArray`` for bfloat16).
+
+    Parsed here (the format is an 8-byte length, a JSON header and the raw little-endian data),
+    so the codec commands need neither torch nor a numpy bfloat16 type; every offset is checked.
+    """
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError) as exc:
-        raise CliError(f"{path}: cannot read safetensors ({exc})") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read safetensors ({exc.strerror or exc})") from None
+    bad = f"{path}: cannot read safetensors"
+    if len(data) < 8:
+        raise CliError(f"{bad} (file is {len(data)} bytes)")
+    (hlen,) = struct.unpack_from("<Q", data, 0)
+    if hlen > min(len(data) - 8, _MAX_ST_HEADER):
+        raise CliError(f"{bad} (header length {hlen} is out of range)")
+    try:
+        header = json.loads(data[8 : 8 + hlen])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CliError(f"{bad} (header is not JSON: {exc})") from None
+    if not isinstance(header, dict):
+        raise CliError(f"{bad} (header is not a JSON object)")
+    body = memoryview(data)[8 + hlen :]
+    out: dict[str, object] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            st_dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+            shape = tuple(int(d) for d in shape)
+            ok = all(d >= 0 for d in shape) and 0 <= start <= end <= len(body)
+        except (TypeError, ValueError, KeyError):
+            ok = False
+        if not ok:
+            raise CliError(f"{bad} (entry {name!r} is malformed)")
+        if st_dtype == "BF16":
+            if end - start != 2 * math.prod(shape):
+                raise CliError(f"{bad} (entry {name!r} has the wrong size)")
+            raw = np.frombuffer(body[start:end], dtype="<u2").astype(np.uint32) << 16
+            out[name] = TaggedArray(raw.view(np.float32).reshape(shape), "bfloat16")
+            continue
+        if st_dtype not in _ST_DTYPES:
+            raise CliError(f"{bad} (entry {name!r} has unsupported dtype {st_dtype})")
+        dtype = np.dtype(_ST_DTYPES[st_dtype]).newbyteorder("<")
+        if end - start != dtype.itemsize * math.prod(shape):
+            raise CliError(f"{bad} (entry {name!r} has the wrong size)")
+        out[name] = np.frombuffer(body[start:end], dtype=dtype).reshape(shape)
+    return out
 
 
 def _save_safetensors(
@@ -74,16 +130,29 @@ def _save_safetensors(
 ) -> None:
     """Write the decoded tensors. A bfloat16 tensor that went through a lossy codec is written as
     float32: its reconstruction is within the bound in float32, and rounding it back to
-    bfloat16 (8 mantissa bits) could break the bound."""
-    import torch
-    from safetensors.torch import save_file
-
-    out = {}
-    for k, v in tensors.items():
-        t = torch.from_numpy(np.array(v, order="C", copy=True))
-        exact_bf16 = dtypes.get(k) == "bfloat16" and k not in lossy
-        out[k] = t.to(torch.bfloat16) if exact_bf16 else t
-    save_file(out, path)
+    bfloat16 (8 mantissa bits) could break the bound. Exact bfloat16 tensors go back as BF16."""
+    header: dict[str, object] = {}
+    chunks: list[bytes] = []
+    offset = 0
+    for name, value in tensors.items():
+        a = np.asarray(value)  # (ascontiguousarray would turn a 0-d tensor into 1-d)
+        if dtypes.get(name) == "bfloat16" and name not in lossy:
+            # exact: the float32 values are widened bfloat16s, so the top halves are the bytes
+            raw = (a.astype("<f4").view("<u4") >> 16).astype("<u2").tobytes()
+            st = "BF16"
+        else:
+            raw = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+            st = _ST_NAMES[a.dtype.name]
+        header[name] = {"dtype": st, "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for c in chunks:
+            f.write(c)
 
 
 def _output_path(src: Path, dst: Path, rel: Path, suffix: str) -> Path:
@@ -92,8 +161,32 @@ def _output_path(src: Path, dst: Path, rel: Path, suffix: str) -> Path:
     return dst / rel.with_suffix(suffix)
 
 
-def compress(src: Path, dst: Path, policy: Policy, keyframe_interval: int | None = None) -> dict:
-    """Encode every safetensors file under ``src``; returns byte counts."""
+def _policy_nonfinite(policy: Policy, nonfinite: str | None) -> Policy:
+    if nonfinite is None:
+        return policy
+    if nonfinite not in NONFINITE_CHOICES:
+        raise CliError(f"--nonfinite must be one of {', '.join(NONFINITE_CHOICES)}, got {nonfinite!r}")
+    return Policy(policy.rules, nonfinite=nonfinite)
+
+
+#: what ``compress`` does with NaN/Inf headed for a lossy codec.
+NONFINITE_CHOICES = ("refuse", "lossless")
+
+
+def compress(
+    src: Path,
+    dst: Path,
+    policy: Policy,
+    keyframe_interval: int | None = None,
+    nonfinite: str | None = None,
+) -> dict:
+    """Encode every safetensors file under ``src``; returns byte counts.
+
+    ``nonfinite``: ``"refuse"`` (a tensor holding NaN/Inf routed to a lossy codec is an error)
+    or ``"lossless"`` (such a tensor is sent exactly, with a warning); ``None`` keeps the
+    policy's own setting.
+    """
+    policy = _policy_nonfinite(policy, nonfinite)
     raw = enc = 0
     for group, rels in plan(src, ".safetensors").items():
         stream = StreamEncoder(policy, stream_id=group or "default", keyframe_interval=keyframe_interval)
@@ -110,26 +203,62 @@ def compress(src: Path, dst: Path, policy: Policy, keyframe_interval: int | None
     return {"raw_bytes": raw, "encoded_bytes": enc, "ratio": raw / max(enc, 1)}
 
 
+def _dependency_hint(path: Path, payload: bytes, single_file: bool) -> str | None:
+    """Advice for a payload that needs the earlier rounds of its stream, or None."""
+    try:
+        env = parse_manifest(payload)
+    except CodecError:
+        return None
+    s = env.stream
+    if s is None or s.get("keyframe"):
+        return None
+    where = "the directory that holds its earlier rounds" if single_file else "a directory holding every round"
+    return (
+        f"{path}: round {s['seq']} of stream {s['id']!r} depends on the state of the earlier "
+        f"rounds of its stream and cannot be decoded on its own; decompress {where} "
+        "(fedpress decompress DIR OUT), or compress with --keyframe-interval 1 so that every "
+        "file decodes alone"
+    )
+
+
 def decompress(src: Path, dst: Path) -> int:
-    """Decode every .fpz under ``src`` (streams per directory, rounds in order)."""
-    count = 0
-    for _group, rels in plan(src, ".fpz").items():
-        decoder = StreamDecoder()
-        for rel in rels:
-            path = src if src.is_file() else src / rel
-            try:
-                tensors = decoder.decode(path.read_bytes())
-            except CodecError as exc:
-                raise CliError(f"{path}: {exc}") from None
-            except OSError as exc:
-                raise CliError(f"{path}: {exc.strerror or exc}") from None
-            out = _output_path(src, dst, rel, ".safetensors")
-            dtypes, lossy = decoder.last_dtypes, decoder.last_lossy
-            _atomic_write(
-                out, lambda p, t=tensors, d=dtypes, lo=lossy: _save_safetensors(t, d, lo, p)
-            )
-            count += 1
-    return count
+    """Decode every .fpz under ``src`` (streams per directory, rounds in order).
+
+    All or nothing: outputs go to a temporary directory next to ``dst`` and are moved into place
+    only after every payload decoded, so a failure leaves nothing behind.
+    """
+    groups = plan(src, ".fpz")
+    single = src.is_file()
+    final = [(rel, _output_path(src, dst, rel, ".safetensors")) for rels in groups.values()
+             for rel in rels]
+    anchor = final[0][1].parent if single else dst.parent
+    anchor.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=anchor, prefix=".fedpress-"))
+    try:
+        count = 0
+        for _group, rels in groups.items():
+            decoder = StreamDecoder()
+            for rel in rels:
+                path = src if single else src / rel
+                try:
+                    payload = path.read_bytes()
+                    tensors = decoder.decode(payload)
+                except StreamStateError as exc:
+                    hint = _dependency_hint(path, payload, single)
+                    raise CliError(hint or f"{path}: {exc}") from None
+                except CodecError as exc:
+                    raise CliError(f"{path}: {exc}") from None
+                except OSError as exc:
+                    raise CliError(f"{path}: {exc.strerror or exc}") from None
+                staged = tmp / f"{count}.safetensors"
+                _save_safetensors(tensors, decoder.last_dtypes, decoder.last_lossy, str(staged))
+                count += 1
+        for i, (_rel, out) in enumerate(final):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / f"{i}.safetensors", out)
+        return count
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def describe_codecs() -> str:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedpress.backends.config import SimulationConfig
 
 
 class ConfigError(ValueError):
@@ -25,6 +27,15 @@ class Strict(BaseModel):
 
 class DataConfig(Strict):
     dataset: str = "digits"
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from fedpress.data.datasets import canonical_name
+
+        canonical_name(v)  # ValueError listing the known names
+        return v
+
     root: str | None = None
     partition: Literal["iid", "dirichlet", "shards"] = "iid"
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller: more skew)")
@@ -37,6 +48,15 @@ class DataConfig(Strict):
 class ModelConfig(Strict):
     name: str = "cnn"
 
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from fedpress.models import available_models
+
+        if v not in available_models():
+            raise ValueError(f"unknown model {v!r}; known: {', '.join(available_models())}")
+        return v
+
 
 class TrainConfig(Strict):
     lr: float = Field(0.05, gt=0)
@@ -47,59 +67,115 @@ class TrainConfig(Strict):
     local_steps: int | None = Field(None, ge=1, description="minibatches per dispatch; wins over epochs")
 
 
+#: staleness functions of ``fedpress.fl.staleness`` (a test keeps the two lists equal; the
+#: config does not import the engine)
+STALENESS_FNS = ("constant", "polynomial", "hinge", "exponential")
+SERVER_OPTS = ("sgd", "momentum", "adam", "yogi", "adagrad")
+STRATEGIES = ("fedavg", "fedasync", "fedbuff", "fedfa")
+
+
 class StalenessConfig(Strict):
-    fn: str = "constant"
+    fn: Literal["constant", "polynomial", "hinge", "exponential"] = "constant"
     a: float = Field(0.5, ge=0)
     b: float = Field(4.0, ge=0)
 
-    @field_validator("fn")
-    @classmethod
-    def _known_fn(cls, v: str) -> str:
-        from fedpress.fl.staleness import available_staleness
-
-        if v not in available_staleness():
-            raise ValueError(f"unknown staleness function {v!r}; known: {', '.join(available_staleness())}")
-        return v
-
 
 class ServerOptConfig(Strict):
-    name: Literal["sgd", "momentum", "adam"] = "sgd"
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.99, ge=0, lt=1)
-    eps: float = Field(1e-3, gt=0)
+    """The server optimizer; a parameter left unset takes that rule's own default
+    (``fedpress.fl.server_opt.DEFAULTS``: Reddi et al. 2021 for adam/yogi/adagrad)."""
+
+    name: Literal["sgd", "momentum", "adam", "yogi", "adagrad"] = "sgd"
+    beta1: float | None = Field(None, ge=0, lt=1)
+    beta2: float | None = Field(None, ge=0, lt=1)
+    eps: float | None = Field(None, gt=0, description="adaptivity tau of adam/yogi/adagrad")
 
 
-class StrategyConfig(Strict):
-    name: str = "fedavg"
-    K: int = Field(10, ge=1, description="FedBuff buffer / FedFa window size")
-    eta_g: float = Field(1.0, gt=0)
-    alpha: float = Field(0.6, gt=0, le=1, description="FedAsync mixing weight")
-    staleness: StalenessConfig = Field(default_factory=StalenessConfig)
-    max_in_flight: int | None = Field(None, ge=1, description="concurrent clients (async rules)")
-    clients_per_round: int | None = Field(None, ge=1, description="FedAvg cohort (default all)")
-    min_responses: int | None = Field(None, ge=1)
-    timeout: float | None = Field(None, ge=0, description="FedAvg round timeout, clock seconds")
+class _OptimizedStrategy(Strict):
+    eta_g: float | None = Field(None, gt=0, description="server learning rate (default: per optimizer)")
     server_opt: ServerOptConfig = Field(default_factory=ServerOptConfig)
+
+
+class FedAvgConfig(_OptimizedStrategy):
+    """Synchronous rounds over a cohort."""
+
+    name: Literal["fedavg"] = "fedavg"
+    clients_per_round: int | None = Field(None, ge=1, description="cohort (default all)")
+    min_responses: int | None = Field(None, ge=1)
+    timeout: float | None = Field(None, ge=0, description="round timeout, clock seconds")
+
+
+class FedAsyncConfig(Strict):
+    """Mix every arrival into the model."""
+
+    name: Literal["fedasync"] = "fedasync"
+    alpha: float = Field(0.6, gt=0, le=1, description="mixing weight")
+    staleness: StalenessConfig = Field(default_factory=StalenessConfig)
+    max_in_flight: int | None = Field(None, ge=1, description="concurrent clients (default all)")
+
+
+class FedBuffConfig(_OptimizedStrategy):
+    """Update after every K arrivals."""
+
+    name: Literal["fedbuff"] = "fedbuff"
+    K: int = Field(10, ge=1, description="buffer size")
+    staleness: StalenessConfig = Field(default_factory=StalenessConfig)
+    max_in_flight: int | None = Field(None, ge=1, description="concurrent clients (default all)")
+
+
+class FedFaConfig(_OptimizedStrategy):
+    """Fully asynchronous sliding window of the K most recent results."""
+
+    name: Literal["fedfa"] = "fedfa"
+    K: int = Field(10, ge=1, description="window size")
     variant: Literal["model", "delta"] = "model"
+    staleness: StalenessConfig = Field(default_factory=StalenessConfig)
     staleness_weighting: bool = False
+    max_in_flight: int | None = Field(
+        None, ge=1, description="concurrent clients (default all: every client always trains)"
+    )
     redispatch: Literal["same", "random"] = Field(
-        "same", description="FedFa: re-dispatch the arriving client, or any idle client at random"
+        "same", description="re-dispatch the arriving client, or any idle client at random"
     )
 
-    @field_validator("name")
-    @classmethod
-    def _known_strategy(cls, v: str) -> str:
-        from fedpress.fl.strategies import available_strategies
 
-        if v not in available_strategies():
-            raise ValueError(f"unknown strategy {v!r}; known: {', '.join(available_strategies())}")
-        return v
+#: one section per strategy, chosen by ``name``; keys of another strategy are refused
+StrategyConfig = Annotated[
+    Union[FedAvgConfig, FedAsyncConfig, FedBuffConfig, FedFaConfig],  # noqa: UP007
+    Field(discriminator="name"),
+]
+STRATEGY_SECTIONS: dict[str, type[BaseModel]] = {
+    "fedavg": FedAvgConfig, "fedasync": FedAsyncConfig, "fedbuff": FedBuffConfig, "fedfa": FedFaConfig,
+}
+
+_LINK_ALIASES = ("none", "raw", "lossless")
 
 
 class LinkCodecConfig(Strict):
+    """A link's codec: ``none``/``raw``, ``lossless`` or a registered codec with its bound."""
+
     name: str = "none"
     mode: Literal["abs", "rel"] = "rel"
     eb: float = Field(1e-2, gt=0)
+
+    @model_validator(mode="after")
+    def _known_codec(self) -> LinkCodecConfig:
+        if self.name in _LINK_ALIASES:
+            return self
+        from fedpress.codec.base import available_codecs
+        from fedpress.codec.errors import CodecError
+        from fedpress.codec.routing import Policy
+
+        known = sorted(available_codecs())
+        if self.name not in known:
+            raise ValueError(
+                f"unknown codec {self.name!r}; known: "
+                f"{', '.join(dict.fromkeys([*_LINK_ALIASES, *known]))}"
+            )
+        try:
+            Policy.default(codec=self.name, mode=self.mode, eb=self.eb)
+        except (CodecError, TypeError) as exc:
+            raise ValueError(f"codec {self.name!r}: {exc}") from None
+        return self
 
 
 class CodecConfig(LinkCodecConfig):
@@ -136,7 +212,11 @@ class ClientsConfig(Strict):
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     timing: Literal["modeled", "measured"] = "modeled"
-    codec_mb_per_s: float = Field(100.0, gt=0, description="modeled codec throughput, MB/s")
+    codec_mb_per_s: float | None = Field(
+        None, gt=0,
+        description="one fixed codec throughput (MB/s) for every non-raw codec; default: each "
+        "codec's own throughput, calibrated on this machine",
+    )
 
 
 class RunConfig(Strict):
@@ -159,6 +239,8 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _has_stop(self) -> RunConfig:
+        if self.stop_at_target and self.target_accuracy is None:
+            raise ValueError("run.stop_at_target needs run.target_accuracy")
         if self.max_updates is None and self.max_sim_time is None and self.rounds is None:
             if not (self.stop_at_target and self.target_accuracy is not None):
                 raise ValueError("set at least one of max_updates, max_sim_time, rounds")
@@ -169,16 +251,26 @@ class ExperimentConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    strategy: StrategyConfig = Field(default_factory=FedAvgConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     run: RunConfig = Field(default_factory=lambda: RunConfig(rounds=10))
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_strategy_name(cls, data: Any) -> Any:
+        """A strategy section without ``name`` is FedAvg's (the default strategy)."""
+        if isinstance(data, dict) and isinstance(data.get("strategy"), dict):
+            if "name" not in data["strategy"]:
+                data = {**data, "strategy": {"name": "fedavg", **data["strategy"]}}
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
         s, n = self.strategy, self.data.clients
         for key in ("max_in_flight", "clients_per_round", "min_responses"):
-            v = getattr(s, key)
+            v = getattr(s, key, None)
             if v is not None and v > n:
                 raise ValueError(f"strategy.{key}={v} exceeds data.clients={n}")
         return self
@@ -193,9 +285,14 @@ class ExperimentConfig(Strict):
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     """Field names of the section that ``loc`` (minus its last item) points into."""
     cur: Any = model
+    prev: Any = None
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
+        if prev == "strategy" and part in STRATEGY_SECTIONS:  # the discriminated union's tag
+            cur, prev = STRATEGY_SECTIONS[part], part
+            continue
+        prev = part
         fields = getattr(cur, "model_fields", None)
         if not fields or part not in fields:
             return None
@@ -222,11 +319,20 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel] = Experi
     lines = []
     for err in exc.errors():
         loc = tuple(err.get("loc", ()))
-        path = ".".join(str(p) for p in loc) or "(top level)"
+        shown = [p for i, p in enumerate(loc)
+                 if not (i > 0 and loc[i - 1] == "strategy" and p in STRATEGY_SECTIONS)]
+        path = ".".join(str(p) for p in shown) or "(top level)"
         if err.get("type") == "extra_forbidden":
             allowed = _allowed_keys(root, loc)
             hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
-            lines.append(f"{path}: unknown key{hint}")
+            tag = next((p for i, p in enumerate(loc) if i and loc[i - 1] == "strategy"
+                        and p in STRATEGY_SECTIONS), None)
+            what = f"not a key of strategy {tag!r}" if tag else "unknown key"
+            lines.append(f"{path}: {what}{hint}")
+            continue
+        if err.get("type") == "union_tag_invalid" and shown[-1:] == ["strategy"]:
+            got = (err.get("ctx") or {}).get("tag")
+            lines.append(f"strategy.name: unknown strategy {got!r}; known: {', '.join(STRATEGIES)}")
             continue
         msg = err.get("msg", "invalid")
         if msg.startswith("Value error, "):

@@ -1,21 +1,24 @@
-"""Record real federated pseudo-gradients (FedAvg, equal weights) for the codec experiments.
+"""Record real federated pseudo-gradients for the codec experiments, through the engine.
 
-Codecs are judged on the updates clients actually send, so this module runs FedAvg on a real
-dataset and saves, for every client and round, ``delta = w_before - w_after`` for *every*
-``state_dict`` entry (float entries as float32; integer buffers such as BatchNorm's
-``num_batches_tracked`` as their int64 difference, which a codec must carry losslessly).
+Codecs are judged on the updates clients actually send, so this module runs the one engine
+(``fedpress.fl``: FedAvg, every client every round, server step ``w <- w + sum_i p_i delta_i``
+with ``p_i`` proportional to shard sizes, equal under the per-client cap) and saves, through an
+uplink hook, every client's pseudo-gradient ``g = w_before - w_after`` of every round (the
+engine's ``delta = w_after - w_before`` with the sign flipped; float32). Only floating state
+travels in the engine (weights, biases, BatchNorm statistics); integer buffers such as
+``num_batches_tracked`` stay with the client and are not recorded.
 
 Layout under ``out_dir``::
 
-    client_<id>/round_<r>.safetensors   one client's delta for round r (ids from 0, r from 1)
-    initial.safetensors                 global state before round 1
-    final.safetensors                   global state after the last round
+    client_<id>/round_<r>.safetensors   one client's pseudo-gradient for round r (ids from 0, r from 1)
+    initial.safetensors                 global model before round 1
+    final.safetensors                   global model after the last round
+    events.jsonl                        the engine's event log of the run
     trace.json                          config, per-round test accuracy/loss, timings
 
-An optional ``uplink(client, round, delta) -> delta_hat`` hook (e.g. compress + decompress)
-sits between client and server; the server applies ``w <- w - mean(delta_hat)`` (equal
-weights, as in the paper), so the recorded accuracy reflects what the codec did to the updates.
-The saved files always hold the uncompressed ``delta``.
+An optional ``uplink(client, round, g) -> g_hat`` hook (e.g. compress + decompress) sits between
+client and server; the server aggregates ``g_hat``, so the recorded accuracy reflects what the
+codec did to the updates. The saved files always hold the uncompressed ``g``.
 """
 
 from __future__ import annotations
@@ -38,19 +41,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .data import SCHEMES, available_datasets, canonical_name, load_dataset, partition
+from .data import SCHEMES, available_datasets, load_dataset, partition
 from .models import available_models, build_model, count_parameters
 
 __all__ = [
     "TraceConfig",
     "Uplink",
     "client_partitions",
-    "evaluate",
+    "experiment_config",
     "load_delta",
-    "local_update",
     "main_record",
     "record_traces",
-    "state_delta",
     "trace_file",
 ]
 
@@ -73,7 +74,8 @@ class TraceConfig:
     weight_decay: float = 5e-4
     batch_size: int = 64  # 64 rather than 128: more local steps when clients hold ~2k samples
     local_epochs: int = 1
-    samples_per_client: int | None = None  # random cap per client after partitioning
+    # random cap per client after partitioning: a small default so a trace takes minutes
+    samples_per_client: int | None = 500
     seed: int = 0
     root: str | None = None  # dataset folder override
     test_samples: int | None = 2000  # first N test samples; None: all
@@ -83,23 +85,16 @@ class TraceConfig:
     threads: int | None = 1
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad field, before any expensive work."""
-        canonical_name(self.dataset)
-        if self.model.strip().lower() not in available_models():
-            raise ValueError(f"unknown model {self.model!r}; available: "
-                             f"{', '.join(available_models())}")
+        """Raise ``ValueError`` naming the first bad field, before any expensive work: the
+        engine's config validation, plus the fields only a trace has."""
         if self.partition not in SCHEMES:
             raise ValueError(f"unknown partition {self.partition!r}; available: "
                              f"{', '.join(SCHEMES)}")
-        for name in ("clients", "rounds", "batch_size", "local_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("samples_per_client", "test_samples", "threads"):
             val = getattr(self, name)
             if val is not None and val < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {val}")
-        if not self.lr > 0 or self.momentum < 0 or self.weight_decay < 0 or not self.alpha > 0:
-            raise ValueError("need lr > 0, alpha > 0, momentum >= 0, weight_decay >= 0")
+        experiment_config(self, self.threads or 1)
 
 
 def trace_file(out_dir: str | Path, client: int, round_: int) -> Path:
@@ -110,20 +105,6 @@ def trace_file(out_dir: str | Path, client: int, round_: int) -> Path:
 def load_delta(out_dir: str | Path, client: int, round_: int) -> dict[str, np.ndarray]:
     """Read back one recorded delta (state_dict key -> array)."""
     return load_file(str(trace_file(out_dir, client, round_)))
-
-
-def state_delta(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]
-                ) -> dict[str, np.ndarray]:
-    """``before - after`` per entry: float32 for floating entries, int64 for the rest."""
-    out: dict[str, np.ndarray] = {}
-    for key, b in before.items():
-        a = after[key]
-        if b.is_floating_point():
-            d = (b.detach() - a.detach()).to(torch.float32)
-        else:
-            d = b.detach().to(torch.int64) - a.detach().to(torch.int64)
-        out[key] = np.array(d.cpu().numpy(), order="C")  # keeps 0-d entries 0-d
-    return out
 
 
 def _seed(*parts: int) -> int:
@@ -138,46 +119,6 @@ def client_partitions(cfg: TraceConfig, labels: np.ndarray) -> list[np.ndarray]:
     rng = np.random.default_rng(_seed(cfg.seed, 0xCA9))
     return [np.sort(rng.choice(p, size=min(len(p), cfg.samples_per_client), replace=False))
             for p in parts]
-
-
-def local_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TraceConfig,
-                 round_: int, client: int) -> float:
-    """Train ``model`` in place for ``cfg.local_epochs`` epochs of fresh-momentum SGD.
-
-    Shuffling is seeded by (seed, round, client), so a run is reproducible. Batches of one
-    sample are skipped (BatchNorm cannot normalise them). Returns the mean training loss.
-    """
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(_seed(cfg.seed, round_, client))
-    n, total, count = len(y), 0.0, 0
-    for _ in range(cfg.local_epochs):
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, cfg.batch_size):
-            idx = perm[start:start + cfg.batch_size]
-            if len(idx) < 2:
-                continue
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` in eval mode."""
-    model.eval()
-    correct, loss = 0, 0.0
-    for start in range(0, len(y), EVAL_BATCH):
-        logits = model(x[start:start + EVAL_BATCH])
-        target = y[start:start + EVAL_BATCH]
-        loss += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
-        correct += int((logits.argmax(1) == target).sum())
-    return correct / max(len(y), 1), loss / max(len(y), 1)
 
 
 def _check_uplink(delta: dict[str, np.ndarray], got: Any, client: int, round_: int
@@ -195,28 +136,14 @@ def _check_uplink(delta: dict[str, np.ndarray], got: Any, client: int, round_: i
     return out
 
 
-def _apply_mean(state: dict[str, torch.Tensor], sums: dict[str, np.ndarray], n: int
-                ) -> dict[str, torch.Tensor]:
-    """FedAvg server step with equal weights: ``w - mean(delta_hat)``; integer entries take
-    the rounded mean."""
-    new = {}
-    for key, w in state.items():
-        mean = sums[key] / n
-        if w.is_floating_point():
-            new[key] = w - torch.as_tensor(mean).to(w.dtype)
-        else:
-            new[key] = w - torch.as_tensor(np.rint(mean)).to(w.dtype)
-    return new
-
-
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
 
 
-def _save_state(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    arrays = {k: np.array(v.detach().cpu().numpy(), order="C") for k, v in state.items()}
+def _save_state(path: Path, state: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
     save_file(arrays, str(path), metadata=metadata)
 
 
@@ -258,67 +185,106 @@ def record_traces(cfg: TraceConfig, out_dir: str | Path, uplink: Uplink | None =
         torch.set_num_threads(old_threads)
 
 
+def experiment_config(cfg: TraceConfig, threads: int) -> Any:
+    """The engine config of a trace run (validated like any run; ``ConfigError`` if not)."""
+    from .config import load_config
+
+    return load_config({
+        "data": {"dataset": cfg.dataset, "root": cfg.root, "partition": cfg.partition,
+                 "alpha": cfg.alpha, "clients": cfg.clients, "test_limit": cfg.test_samples},
+        "model": {"name": cfg.model},
+        "train": {"lr": cfg.lr, "momentum": cfg.momentum, "wd": cfg.weight_decay,
+                  "batch": cfg.batch_size, "local_epochs": cfg.local_epochs},
+        "strategy": {"name": "fedavg", "eta_g": 1.0, "server_opt": {"name": "sgd"}},
+        "codec": {"name": "none"},
+        "clients": {"compute": {"dist": "constant"}},
+        "run": {"seed": cfg.seed, "rounds": cfg.rounds, "eval_every": 1, "plots": False,
+                "torch_threads": threads},
+    })
+
+
 def _record(cfg: TraceConfig, out: Path, uplink: Uplink | None, progress: bool,
             threads: int) -> dict:
+    from .fl.run import torch_threads
+    from .fl.simulation import SimulationInputs, build_server
+    from .fl.types import Tensors, from_pseudo_gradient, to_pseudo_gradient
+    from .metrics.events import EVENTS_FILE, EventLog, read_events
+
     t_start = time.perf_counter()
+    exp = experiment_config(cfg, threads)
     train = load_dataset(cfg.dataset, "train", root=cfg.root)
     test = load_dataset(cfg.dataset, "test", root=cfg.root, limit=cfg.test_samples)
     parts = client_partitions(cfg, train.y)
-    data = [(torch.from_numpy(train.x[p]), torch.from_numpy(train.y[p])) for p in parts]
-    x_test, y_test = torch.from_numpy(test.x.copy()), torch.from_numpy(test.y.copy())
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, train.in_channels, train.num_classes, train.image_size)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    def model_fn() -> nn.Module:
+        return build_model(cfg.model, train.in_channels, train.num_classes, train.image_size)
+
+    inputs = SimulationInputs(train.x, train.y, test.x, test.y, parts, model_fn)
     meta = {"dataset": train.name, "model": cfg.model, "seed": str(cfg.seed)}
-    _save_state(out / "initial.safetensors", state, {**meta, "round": "0"})
-    acc0, loss0 = evaluate(model, x_test, y_test)
+
+    def hook(client: int, version: int, delta: Tensors) -> Tensors:
+        r = version + 1  # every client trains every round on the model of version r - 1
+        g = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in to_pseudo_gradient(delta).items()}
+        path = trace_file(out, client, r)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(g, str(path), metadata={**meta, "client": str(client), "round": str(r)})
+        if uplink is None:
+            return delta
+        sent = _check_uplink(g, uplink(client, r, g), client, r)
+        return {k: v.astype(delta[k].dtype) for k, v in from_pseudo_gradient(sent).items()}
+
+    bar = tqdm(total=cfg.rounds, desc=f"{cfg.model}/{train.name}", unit="round", disable=not progress)
+    stamps: dict[int, float] = {}
+
+    def on_progress(info: dict[str, Any]) -> None:
+        if "accuracy" in info and info.get("accuracy") is not None:
+            v = int(info.get("version", len(stamps)))
+            stamps.setdefault(v, time.perf_counter())
+            bar.n = min(v, cfg.rounds)
+            bar.set_postfix(acc=f"{info['accuracy']:.4f}")
+            bar.refresh()
+
+    with torch_threads(threads), EventLog(out / EVENTS_FILE) as log:
+        server = build_server(exp, inputs, log, on_progress, uplink_hook=hook)
+        _save_state(out / "initial.safetensors", server.params, {**meta, "round": "0"})
+        server.run()
+    bar.close()
+    _save_state(out / "final.safetensors", server.params, {**meta, "round": str(cfg.rounds)})
+    events = list(read_events(out))
+    evals = {e["version"]: e for e in events if e["event"] == "eval"}
+    losses: dict[int, list[float]] = {}
+    for e in events:
+        if e["event"] == "arrival" and e.get("status") == "accepted":
+            losses.setdefault(e["base_version"] + 1, []).append(float(e.get("train_loss", 0.0)))
     trace: dict[str, Any] = {
-        "format": "fedpress-trace/1",
+        "format": "fedpress-trace/2",
         "config": asdict(cfg),
         "layout": "client_<id>/round_<r>.safetensors (id from 0, r from 1)",
+        "sign": "g = w_before - w_after (float state entries only)",
         "dataset": {"name": train.name, "train_samples": len(train), "test_samples": len(test),
                     "in_channels": train.in_channels, "image_size": train.image_size,
                     "num_classes": train.num_classes},
         "client_samples": [len(p) for p in parts],
-        "num_parameters": count_parameters(model),
-        "state_entries": {k: {"shape": list(v.shape),
-                              "dtype": "float32" if v.is_floating_point() else "int64"}
-                          for k, v in state.items()},
-        "initial": {"test_accuracy": acc0, "test_loss": loss0},
+        "num_parameters": count_parameters(model_fn()),
+        "state_entries": {k: {"shape": list(v.shape), "dtype": "float32"}
+                          for k, v in server.params.items()},
+        "initial": {"test_accuracy": evals[0]["accuracy"], "test_loss": evals[0]["loss"]},
         "rounds": [],
         "threads": threads,
         "versions": {"fedpress": __version__, "torch": torch.__version__,
                      "numpy": np.__version__, "python": platform.python_version()},
     }
-    bar = tqdm(range(1, cfg.rounds + 1), desc=f"{cfg.model}/{train.name}", unit="round",
-               disable=not progress)
-    for r in bar:
-        t_round = time.perf_counter()
-        sums = {k: np.zeros(tuple(v.shape), dtype=np.float64) for k, v in state.items()}
-        train_losses = []
-        for c, (xc, yc) in enumerate(data):
-            model.load_state_dict(state)
-            train_losses.append(local_update(model, xc, yc, cfg, r, c))
-            delta = state_delta(state, model.state_dict())
-            path = trace_file(out, c, r)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(delta, str(path), metadata={**meta, "client": str(c), "round": str(r)})
-            sent = delta if uplink is None else _check_uplink(delta, uplink(c, r, delta), c, r)
-            for k, v in sent.items():
-                sums[k] += v
-        state = _apply_mean(state, sums, len(data))
-        model.load_state_dict(state)
-        acc, loss = evaluate(model, x_test, y_test)
-        trace["rounds"].append({"round": r, "test_accuracy": acc, "test_loss": loss,
-                                "train_loss": float(np.mean(train_losses)),
-                                "seconds": time.perf_counter() - t_round})
-        trace["final_accuracy"] = acc
-        trace["seconds"] = time.perf_counter() - t_start
-        _write_json(out / "trace.json", trace)
-        bar.set_postfix(acc=f"{acc:.4f}", loss=f"{loss:.3f}")
-    bar.close()
-    _save_state(out / "final.safetensors", state, {**meta, "round": str(cfg.rounds)})
+    prev = t_start
+    for r in range(1, cfg.rounds + 1):
+        e = evals[r]
+        now = stamps.get(r, prev)
+        trace["rounds"].append({"round": r, "test_accuracy": e["accuracy"], "test_loss": e["loss"],
+                                "train_loss": float(np.mean(losses.get(r, [np.nan]))),
+                                "seconds": max(now - prev, 0.0)})
+        prev = now
+    trace["final_accuracy"] = trace["rounds"][-1]["test_accuracy"]
+    trace["seconds"] = time.perf_counter() - t_start
+    _write_json(out / "trace.json", trace)
     return trace
 
 
@@ -353,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--local-epochs", type=int, default=d.local_epochs)
     p.add_argument("--samples-per-client", type=_optional_int, default=d.samples_per_client,
-                   help="cap per client (none: all)")
+                   help="random cap per client (default: %(default)s, a few minutes on a CPU; none: all)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--root", default=d.root, help="dataset folder override")
     p.add_argument("--test-samples", type=_optional_int, default=d.test_samples,

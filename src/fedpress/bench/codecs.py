@@ -18,6 +18,7 @@ import numpy as np
 
 from ..codec.bound import ErrorBound
 from ..codec.entropy import zeroth_order_entropy_bits
+from ..codec.errors import CodecError
 from ..codec.quantizer import quantize
 from ..codec.routing import Policy
 from ..codec.stream import StreamDecoder, StreamEncoder
@@ -180,9 +181,32 @@ def print_table(report: dict) -> None:
               f"{r['code_entropy_bits_per_value']:9.3f} {r['max_err_over_bound']:8.3f}")
 
 
+def validate_specs(codecs: list[CodecSpec], ebs: list[float]) -> None:
+    """Build every policy the benchmark will use, so an unknown codec, a bad parameter or a bad
+    bound is refused (``CodecError``, one line) before any work starts."""
+    if not codecs:
+        raise CodecError("no codec to benchmark (--codecs is empty)")
+    if not ebs:
+        raise CodecError("no error bound to benchmark (--eb is empty)")
+    for eb in ebs:
+        for spec in codecs:
+            codec, params = (spec, {}) if isinstance(spec, str) else (spec[1], spec[2])
+            Policy.default(codec, mode="rel", eb=eb, **params)
+
+
+def parse_bounds(text: str) -> list[float]:
+    try:
+        return [float(e) for e in str(text).split(",") if e.strip()]
+    except ValueError:
+        raise CodecError(f"--eb takes comma-separated numbers, got {text!r}") from None
+
+
 def main_bench(args: argparse.Namespace) -> int:
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
-    ebs = [float(e) for e in str(args.eb).split(",")]
+    ebs = parse_bounds(args.eb)
+    validate_specs(codecs, ebs)
+    if not Path(args.input).is_dir():
+        raise FileNotFoundError(f"{args.input}: no such trace directory")
     report = run_bench(Path(args.input), codecs, ebs, args.clients)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

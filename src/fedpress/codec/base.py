@@ -4,6 +4,11 @@ A codec turns one array into one frame of bytes and back. Codecs are small and, 
 stateful ones, hold no state between calls: the wire format (``wire.py``) records each frame's
 codec name and parameters so the decoder rebuilds the same codec from the bytes alone. Stateful
 codecs receive a per-layer ``LayerState`` owned by a stream (``stream.py``).
+
+The registry lives here but this module imports no concrete codec: the codec modules import
+``base`` and register themselves, and the package ``__init__`` imports them all through
+``builtin.py``, so the import graph has no cycle and any import of ``fedpress.codec.*`` sees a
+full registry.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ class Codec(ABC):
     stateful: ClassVar[bool] = False
     #: True when the codec promises ``|x - x_hat| <= bound`` on every element.
     pointwise_bound: ClassVar[bool] = False
+    #: False when an instance carries state of its own (e.g. a random stream) and so must not be
+    #: shared through ``get_codec``'s instance cache.
+    shareable: ClassVar[bool] = True
 
     def params(self) -> dict[str, Any]:
         """Parameters that rebuild this codec (``get_codec(name, **params)``); go in the header."""
@@ -72,6 +80,22 @@ def check_finite(x: np.ndarray, what: str = "tensor") -> None:
         raise NonFiniteError(f"{what} holds {bad} NaN/Inf value(s); a lossy codec cannot bound them")
 
 
+def native(x: np.ndarray) -> np.ndarray:
+    """``x`` in the host's byte order (big-endian input is converted once, at the encoder entry).
+
+    Codecs compute on native arrays; a ``'>f4'`` tensor handled as if native breaks the bound.
+    """
+    x = np.asarray(x)
+    if x.dtype.isnative:
+        return x
+    return x.astype(x.dtype.newbyteorder("="))
+
+
+def native_dtype(dtype: Any) -> np.dtype:
+    """The native-byte-order version of ``dtype`` (decoders return native arrays)."""
+    return np.dtype(dtype).newbyteorder("=")
+
+
 def check_dtype(x: np.ndarray) -> None:
     if x.dtype.name not in SUPPORTED_DTYPES:
         raise CodecError(f"unsupported dtype {x.dtype.name}; codecs take {', '.join(SUPPORTED_DTYPES)}")
@@ -90,9 +114,24 @@ def register_codec(cls: type[Codec]) -> type[Codec]:
     return cls
 
 
+#: (name, frozen params) -> shared codec instance; bounded so forged headers cannot grow it.
+_INSTANCES: dict[tuple, Codec] = {}
+_MAX_INSTANCES = 512
+_PARAMETERS: dict[type[Codec], dict[str, Any]] = {}
+
+
 def get_codec(name: str, **params: Any) -> Codec:
-    """Build a registered codec; unknown names and parameters get a clear error."""
-    _load_builtin_codecs()
+    """A registered codec (unknown names and parameters get a clear error).
+
+    Instances are cached per (name, parameters), so decoding a payload of many tensors builds
+    each codec once (no signature inspection per tensor). Codecs with ``shareable = False``
+    are built fresh every time.
+    """
+    key = _freeze(name, params)
+    if key is not None:
+        codec = _INSTANCES.get(key)
+        if codec is not None:
+            return codec
     try:
         cls = _REGISTRY[name]
     except KeyError:
@@ -104,35 +143,42 @@ def get_codec(name: str, **params: Any) -> Codec:
             f"codec {name!r} takes no parameter(s) {sorted(unknown)}; it takes {sorted(allowed)}"
         )
     try:
-        return cls(**params)
+        codec = cls(**params)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, CodecError):
             raise
         raise CodecError(f"bad parameters for codec {name!r}: {exc}") from None
+    if key is not None and cls.shareable:
+        if len(_INSTANCES) >= _MAX_INSTANCES:
+            _INSTANCES.clear()
+        _INSTANCES[key] = codec
+    return codec
+
+
+def _freeze(name: str, params: dict[str, Any]) -> tuple | None:
+    """A hashable key; the value's type is part of it (``True`` and ``1`` build different codecs)."""
+    try:
+        key = (name, tuple(sorted((k, type(v), v) for k, v in params.items())))
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def codec_parameters(cls: type[Codec]) -> dict[str, Any]:
-    """The constructor parameters of a codec class with their defaults."""
-    sig = inspect.signature(cls.__init__)
-    return {
-        p.name: (None if p.default is inspect.Parameter.empty else p.default)
-        for p in list(sig.parameters.values())[1:]
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    """The constructor parameters of a codec class with their defaults (inspected once)."""
+    cached = _PARAMETERS.get(cls)
+    if cached is None:
+        sig = inspect.signature(cls.__init__)
+        cached = {
+            p.name: (None if p.default is inspect.Parameter.empty else p.default)
+            for p in list(sig.parameters.values())[1:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+        _PARAMETERS[cls] = cached
+    return dict(cached)
 
 
 def available_codecs() -> dict[str, type[Codec]]:
-    _load_builtin_codecs()
+    """Every registered codec by name (the package ``__init__`` has registered the built-ins)."""
     return dict(sorted(_REGISTRY.items()))
-
-
-_loaded = False
-
-
-def _load_builtin_codecs() -> None:
-    """Import the built-in codec modules once (they register themselves)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    from . import builtin  # noqa: F401

@@ -31,6 +31,7 @@ from .base import (
     LayerState,
     check_dtype,
     check_finite,
+    native,
     register_codec,
 )
 from .errors import CodecError, PayloadError
@@ -42,6 +43,7 @@ from .frame import (
     zstd_compress,
     zstd_decompress,
 )
+from .libheaders import check_sz3_stream, checked_zfp_stream
 
 KIND_EMPTY, KIND_EXACT, KIND_LOSSY = 0, 1, 2
 #: more patched elements than this share of the tensor -> store it exactly instead.
@@ -79,7 +81,7 @@ def element_count(shape: tuple[int, ...]) -> int:
 
 
 def float_dtype(dtype: Any) -> np.dtype:
-    dt = np.dtype(dtype)
+    dt = np.dtype(dtype).newbyteorder("=")
     if dt.name not in SUPPORTED_DTYPES:
         raise CodecError(f"unsupported dtype {dt.name}; codecs take {', '.join(SUPPORTED_DTYPES)}")
     return dt
@@ -87,7 +89,7 @@ def float_dtype(dtype: Any) -> np.dtype:
 
 def numeric_dtype(dtype: Any) -> np.dtype:
     """Lossless codecs take any numeric dtype: bool, ints, floats, complex."""
-    dt = np.dtype(dtype)
+    dt = np.dtype(dtype).newbyteorder("=")
     if dt.kind not in "biufc":
         raise CodecError(f"lossless codecs take numeric dtypes, not {dt}")
     return dt
@@ -99,10 +101,15 @@ def le_bytes(x: np.ndarray) -> bytes:
 
 
 def from_le_bytes(raw: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A writable array of ``dtype`` from little-endian bytes (one copy, none if ``raw`` is a
+    writable buffer of the right byte order)."""
     n = element_count(shape)
     if len(raw) != n * dtype.itemsize:
         raise PayloadError(f"frame holds {len(raw)} bytes, expected {n * dtype.itemsize}")
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+    if arr.dtype != dtype or not arr.flags.writeable:
+        arr = arr.astype(dtype)
+    return arr.reshape(shape)
 
 
 def exact_frame(x: np.ndarray) -> bytes:
@@ -134,7 +141,11 @@ def to_output(recon: np.ndarray, dtype: np.dtype) -> np.ndarray:
     keeps a float32 value just above 65504 from turning into an infinite float16.
     """
     top = float(np.finfo(dtype).max)
-    return np.clip(recon, -top, top).astype(dtype)
+    if recon.flags.writeable:
+        np.clip(recon, -top, top, out=recon)  # the library's array is ours: no copy
+    else:
+        recon = np.clip(recon, -top, top)
+    return recon.astype(dtype, copy=False)
 
 
 def violations(x: np.ndarray, recon: np.ndarray, abs_eb: float) -> np.ndarray:
@@ -163,7 +174,18 @@ class LibraryBoundedCodec(BoundedCodec):
         """Flat array of ``n`` elements in ``dtype`` (the work dtype)."""
         raise NotImplementedError
 
+    def library_stream(
+        self, blob: bytes, shape: tuple[int, ...], work: np.dtype, eb: float
+    ) -> bytes:
+        """The stream to hand to the library, after checking its header against the entry.
+
+        Raises ``PayloadError`` when the stream's own header disagrees with the shape, dtype or
+        bound (``libheaders.py``); the C library never sees such a stream.
+        """
+        return blob
+
     def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
+        x = native(x)
         check_dtype(x)
         check_finite(x)
         x = np.asarray(x, dtype=x.dtype.newbyteorder("="))  # patches are stored in native order
@@ -178,7 +200,8 @@ class LibraryBoundedCodec(BoundedCodec):
         flat = np.ascontiguousarray(x.reshape(-1), dtype=work)
         try:
             blob = self.compress(flat, x.shape, eb)
-            recon = to_output(self.decompress(blob, x.size, work), x.dtype)
+            checked = self.library_stream(blob, x.shape, work, eb)  # as the decoder will
+            recon = to_output(self.decompress(checked, x.size, work), x.dtype)
         except Exception:  # a library failure must not break the promise
             return exact_frame(x)
         bad = violations(x, recon, abs_eb)
@@ -221,8 +244,10 @@ class LibraryBoundedCodec(BoundedCodec):
             raise PayloadError(f"{self.name} stream fails its CRC32 check")
         index, values = read_verbatim(r, n, dtype.newbyteorder("="))
         r.done()
+        work = work_dtype(dtype)
+        blob = self.library_stream(blob, tuple(shape), work, backend_bound(abs_eb, dtype))
         try:
-            recon = self.decompress(blob, n, work_dtype(dtype))
+            recon = self.decompress(blob, n, work)
         except Exception as exc:  # library errors come in every flavour
             raise PayloadError(f"{self.name} stream does not decode ({exc})") from None
         out = to_output(recon, dtype)
@@ -248,6 +273,12 @@ class Sz3Base(LibraryBoundedCodec):
     def decompress(self, blob: bytes, n: int, dtype: np.dtype) -> np.ndarray:
         out = sz.decompress(np.frombuffer(blob, dtype=np.uint8), dtype.type, (n,))[0]
         return checked_output(out, n, dtype, self.name)
+
+    def library_stream(
+        self, blob: bytes, shape: tuple[int, ...], work: np.dtype, eb: float
+    ) -> bytes:
+        check_sz3_stream(blob, math.prod(shape), int(self.algorithm), eb)
+        return blob
 
 
 @register_codec
@@ -284,7 +315,12 @@ class ZfpCodec(LibraryBoundedCodec):
         return zfpy.compress_numpy(flat.reshape(zfp_layout(shape)), tolerance=float(eb))
 
     def decompress(self, blob: bytes, n: int, dtype: np.dtype) -> np.ndarray:
-        return checked_output(zfpy.decompress_numpy(blob), n, dtype, self.name)
+        return checked_output(zfpy.decompress_numpy(bytes(blob)), n, dtype, self.name)
+
+    def library_stream(
+        self, blob: bytes, shape: tuple[int, ...], work: np.dtype, eb: float
+    ) -> bytes:
+        return checked_zfp_stream(blob, zfp_layout(shape), work, eb)
 
 
 def zfp_layout(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -322,6 +358,7 @@ class QsgdCodec(Codec):
     name = "qsgd"
     lossy = True
     pointwise_bound = False
+    shareable = False  # each instance owns its random stream
 
     def __init__(self, levels: int = 256, seed: int = 0) -> None:
         if int(levels) != levels or not 1 <= levels <= 65535:
@@ -335,6 +372,7 @@ class QsgdCodec(Codec):
         return {"levels": self.levels, "seed": self.seed}
 
     def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
+        x = native(x)
         check_dtype(x)
         check_finite(x)
         mag = np.abs(x.reshape(-1).astype(np.float64))
@@ -402,6 +440,7 @@ class TopkCodec(Codec):
         return 0 if n == 0 else min(n, max(1, round(self.ratio * n)))
 
     def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
+        x = native(x)
         check_dtype(x)
         check_finite(x)
         flat = x.reshape(-1)
@@ -443,6 +482,7 @@ class Fp16Codec(Codec):
     pointwise_bound = False
 
     def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
+        x = native(x)
         check_dtype(x)
         check_finite(x)
         return np.clip(x, -FP16_MAX, FP16_MAX).astype("<f2").tobytes()
@@ -489,6 +529,7 @@ class ZstdCodec(Codec):
     lossy = False
 
     def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
+        x = native(x)
         numeric_dtype(x.dtype)
         raw = le_bytes(x)
         options = [b"\x00" + raw, b"\x01" + zstd_compress(raw)]
@@ -505,7 +546,7 @@ class ZstdCodec(Codec):
         dtype = numeric_dtype(dtype)
         if not frame:
             raise PayloadError("zstd frame is empty")
-        mode, body = frame[0], frame[1:]
+        mode, body = frame[0], memoryview(frame)[1:]
         size = element_count(shape) * dtype.itemsize
         if mode == 0:
             raw = body
@@ -513,7 +554,10 @@ class ZstdCodec(Codec):
             raw = zstd_decompress(body, size)
         elif mode == 2:
             flat = np.frombuffer(zstd_decompress(body, size), dtype=np.uint8)
-            raw = flat.reshape(dtype.itemsize, -1).T.tobytes()
+            out = np.empty(size, dtype=np.uint8)  # unshuffled straight into the output bytes
+            out.reshape(-1, dtype.itemsize)[:] = flat.reshape(dtype.itemsize, -1).T
+            del flat
+            raw = out
         else:
             raise PayloadError(f"unknown zstd frame mode {mode}")
         return from_le_bytes(raw, shape, dtype)

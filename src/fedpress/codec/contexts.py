@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .entropy import AnsReader, AnsWriter, read_model, write_model
+from .entropy import AnsReader, AnsWriter, context_counts, read_model, write_model
 from .errors import PayloadError
 
 #: sub-step resolution of magnitude features (integers of 1/8 quantization step).
@@ -112,43 +112,69 @@ def read_scales(r: AnsReader, shape: tuple[int, ...]) -> np.ndarray:
     return sym.astype(np.int64) + _LOG_FLOOR
 
 
+#: elements per chunk where a feature is computed through float64/int64 temporaries.
+_CHUNK = 1 << 18
+
+
 def magnitude_contexts(
     shape: tuple[int, ...], abs_eb: float, scales: np.ndarray | None, prev: np.ndarray | None
 ) -> tuple[np.ndarray | None, int]:
-    """Context index per element from channel scales and/or last round; same on both sides."""
+    """Context index per element (uint8) from channel scales and/or last round.
+
+    The same integers on both sides. Features are small (int16), and the temporal one is
+    computed in chunks of whole kernels, so the decoder's working memory stays a few bytes per
+    element.
+    """
     n = int(np.prod(shape))
     feats = []
     dead = None
     if scales is not None:
         rows, cols, total = scales[: shape[0]], scales[shape[0] : shape[0] + shape[1]], scales[-1]
         rest = n // (shape[0] * shape[1])
-        f = rows[:, None] + cols[None, :] - total - _SCALE_SHIFT
+        f = (rows[:, None] + cols[None, :] - total - _SCALE_SHIFT).astype(np.int16)
         feats.append(np.repeat(f.reshape(-1), rest))
         d = (rows[:, None] == _LOG_FLOOR) | (cols[None, :] == _LOG_FLOOR)
         dead = np.repeat(d.reshape(-1), rest) if d.any() else None
     if prev is not None:
-        ui = _steps(prev, abs_eb)
-        groups, k = group_view(shape)
-        if k > 1:
-            gm = ui.reshape(groups, k).sum(axis=1) // k  # exact integer kernel mean
-            ui = (ui + np.repeat(gm, k)) // 2
-        feats.append(half_octaves(ui) - 2 * 3)  # 1/_FRAC steps -> steps
+        feats.append(_temporal_feature(prev, abs_eb, shape))
     if not feats:
         return None, 1
     if len(feats) == 2:
-        f = (_SCALE_WEIGHT * feats[0] + (20 - _SCALE_WEIGHT) * feats[1]) // 20
+        f = feats[0]
+        f *= _SCALE_WEIGHT  # |values| stay below 2**12: int16 is exact
+        f += (20 - _SCALE_WEIGHT) * feats[1]
+        f //= 20
     else:
         f = feats[0]
-    f = np.clip(f, -16, 40) + 17
+    np.clip(f, -16, 40, out=f)
+    f += 17
     if dead is not None:
         f[dead] = 0  # all codes there are zero: a context of its own, coded for free
     return merge_small_contexts(f, 58)
 
 
+def _temporal_feature(prev: np.ndarray, abs_eb: float, shape: tuple[int, ...]) -> np.ndarray:
+    """Half-octave of last round's magnitude mixed with its kernel's mean, in steps (int16)."""
+    groups, k = group_view(shape)
+    flat = prev.reshape(groups, k)
+    out = np.empty((groups, k), dtype=np.int16)
+    step = max(1, _CHUNK // k)
+    for g0 in range(0, groups, step):
+        ui = _steps(flat[g0 : g0 + step], abs_eb).reshape(-1, k)
+        if k > 1:
+            gm = ui.sum(axis=1) // k  # exact integer kernel mean
+            ui = (ui + gm[:, None]) // 2
+        out[g0 : g0 + step] = half_octaves(ui) - 2 * 3  # 1/_FRAC steps -> steps
+    return out.reshape(-1)
+
+
 def merge_small_contexts(ctx: np.ndarray, n_ctx: int) -> tuple[np.ndarray, int]:
-    """Merge each context smaller than ``MIN_CONTEXT_SIZE`` into the next one (deterministic)."""
-    counts = np.bincount(ctx, minlength=n_ctx)
-    mapping = np.zeros(n_ctx, dtype=np.int64)
+    """Merge each context smaller than ``MIN_CONTEXT_SIZE`` into the next one (deterministic).
+
+    Returns uint8 contexts (``n_ctx`` is at most 256).
+    """
+    counts = context_counts(ctx, n_ctx)
+    mapping = np.zeros(n_ctx, dtype=np.uint8)
     new, acc = 0, 0
     for c in range(n_ctx):
         mapping[c] = new
@@ -190,7 +216,7 @@ def sign_hint(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     u = np.where(bits[: shape[0]] == 1, -1, 1)
     v = np.where(bits[shape[0] :] == 1, -1, 1)
     rest = int(np.prod(shape)) // (shape[0] * shape[1])
-    hint = np.repeat((np.outer(u, v) < 0).reshape(-1), rest).astype(np.int64)
+    hint = np.repeat((np.outer(u, v) < 0).reshape(-1), rest).astype(np.int8)
     groups, k = group_view(shape)
     return hint.reshape(groups, k)
 
@@ -244,19 +270,23 @@ def read_kernel_signs(
         if top > 1:
             raise PayloadError("sign model out of range")
         models.append((model, top))
-    out = m.copy()
+    # signs are applied in place: ``mags`` becomes the codes (no copy of the tensor)
     run = np.zeros(groups, dtype=np.int64)
     for j in range(k):
-        nzj = m[:, j] != 0
-        stj = _sign_state(run, None if hint is None else hint[:, j])
-        negj = np.zeros(groups, dtype=np.int32)
+        col = m[:, j]
+        nz = np.flatnonzero(col)
+        if not nz.size:
+            continue  # no sign to read in this position: the run stays as it is
+        stj = _sign_state(run[nz], None if hint is None else hint[nz, j])
+        neg = np.zeros(nz.size, dtype=bool)
         for c in range(n_states):
-            sel = np.flatnonzero(nzj & (stj == c))
+            sel = np.flatnonzero(stj == c)
             if not sel.size:
                 continue
             model, top = models[c]
-            negj[sel] = r.read(sel.size, model) if model is not None else top
-        col = np.where(negj == 1, -m[:, j], m[:, j])
-        out[:, j] = col
-        run += np.sign(col)
-    return out.reshape(-1)
+            neg[sel] = (r.read(sel.size, model) if model is not None else top) == 1
+        vals = col[nz]
+        vals[neg] *= -1
+        m[nz, j] = vals
+        run[nz] += np.sign(vals)
+    return m.reshape(-1)

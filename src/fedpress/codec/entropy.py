@@ -70,7 +70,13 @@ class AnsReader:
             return np.zeros(0, dtype=np.int32)
         try:
             return np.asarray(self._coder.decode(model, int(n)), dtype=np.int32)
-        except BaseException as exc:  # constriction raises on exhausted/corrupt input
+        except Exception as exc:  # constriction raises several types on exhausted/corrupt input
+            raise PayloadError(f"entropy-coded section is corrupt ({exc})") from None
+        except BaseException as exc:
+            # a Rust panic surfaces as pyo3's PanicException, a BaseException; anything else
+            # (KeyboardInterrupt, SystemExit) must propagate
+            if type(exc).__name__ != "PanicException":
+                raise
             raise PayloadError(f"entropy-coded section is corrupt ({exc})") from None
 
     def done(self) -> None:
@@ -216,18 +222,33 @@ def write_magnitudes(w: AnsWriter, mags: np.ndarray, ctx: np.ndarray | None, n_c
 
 
 def read_magnitudes(r: AnsReader, n: int, ctx: np.ndarray | None, n_ctx: int) -> np.ndarray:
+    """Magnitudes as int32 (codes stay below 2**31), in O(n) extra memory of a few bytes.
+
+    Symbols of each context are scattered in place through a boolean mask (positions in
+    ascending order, as the encoder's stable sort wrote them), and the raw mantissa bits are
+    read only for the elements whose class has any: no n-sized int64 temporaries.
+    """
     if ctx is None or n_ctx <= 1:
         sym = read_symbols(r, n)
     else:
         sym = np.zeros(n, dtype=np.int32)
-        order, bounds = _group(ctx, n_ctx)
-        for c in range(n_ctx):
-            idx = order[bounds[c] : bounds[c + 1]]
-            sym[idx] = read_symbols(r, idx.size)
+        for c, count in enumerate(context_counts(ctx, n_ctx)):
+            if count:
+                sym[ctx == c] = read_symbols(r, int(count))
     if sym.size and sym.max() >= ALPHABET:
         raise PayloadError("magnitude class out of range")
-    extra = read_extra_bits(r, class_nbits(sym))
-    return magnitudes_from_classes(sym, extra)
+    big = np.flatnonzero(sym >= N_DIRECT)
+    if big.size:
+        sb = sym[big].astype(np.int64)
+        sym[big] = magnitudes_from_classes(sb, read_extra_bits(r, class_nbits(sb)))
+    return sym
+
+
+def context_counts(ctx: np.ndarray, n_ctx: int) -> np.ndarray:
+    """Elements per context; large arrays are counted context by context (no int64 copy)."""
+    if ctx.size <= 1 << 22:
+        return np.bincount(ctx, minlength=n_ctx)[:n_ctx]
+    return np.array([np.count_nonzero(ctx == c) for c in range(n_ctx)], dtype=np.int64)
 
 
 def _group(ctx: np.ndarray, n_ctx: int) -> tuple[np.ndarray, np.ndarray]:
@@ -245,7 +266,8 @@ def estimated_bits(sym: np.ndarray, ctx: np.ndarray | None, n_ctx: int, alphabet
     if ctx is None or n_ctx <= 1:
         counts = np.bincount(sym, minlength=alphabet)[None, :]
     else:
-        counts = np.bincount(ctx * alphabet + sym, minlength=n_ctx * alphabet).reshape(n_ctx, alphabet)
+        key = ctx.astype(np.int64) * alphabet + sym
+        counts = np.bincount(key, minlength=n_ctx * alphabet).reshape(n_ctx, alphabet)
     totals = counts.sum(axis=1, keepdims=True)
     nz = counts > 0
     p = np.where(nz, counts / np.maximum(totals, 1), 1.0)

@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 
-from . import rans
 from .base import (
     SUPPORTED_DTYPES,
     BoundedCodec,
@@ -68,6 +67,19 @@ MIN_CONTEXT_ELEMENTS = 4096
 CONTEXT_ELEMENTS = 8192
 #: contexts must save at least this share of the estimated bits to be used.
 CONTEXT_MARGIN = 0.005
+
+class _LazyKernels:
+    """The compiled kernels (``rans.py``), imported on first use: importing numba and loading its
+    cached machine code costs about a second, which only users of ``fast`` should pay, once."""
+
+    def __getattr__(self, name: str) -> Any:
+        from . import rans as module
+
+        globals()["rans"] = module  # later lookups go straight to the module
+        return getattr(module, name)
+
+
+rans: Any = _LazyKernels()
 
 _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
 _ZERO_CMAP = np.zeros(1, dtype=np.uint8)

@@ -45,11 +45,12 @@ class FrameReader:
         self._pos += size
         return out
 
-    def section(self) -> bytes:
+    def section(self) -> memoryview:
+        """The next length-prefixed section, as a view (no copy)."""
         (n,) = self.unpack("I")
         if self._pos + n > len(self._data):
             raise PayloadError("frame is truncated")
-        out = bytes(self._data[self._pos : self._pos + n])
+        out = self._data[self._pos : self._pos + n]
         self._pos += n
         return out
 
@@ -91,6 +92,36 @@ def zstd_decompress(data: bytes, expected_size: int) -> bytes:
     if not dobj.eof or dobj.unused_data or len(out) != expected_size:
         raise PayloadError("lossless section is truncated, overlong or has trailing bytes")
     return out
+
+
+def inflate_capped(data: bytes, cap: int, what: str = "section") -> bytes:
+    """Inflate one zstd frame whose output may not exceed ``cap`` bytes (a hard cap).
+
+    The frame must declare its size, the size must be within ``cap``, and the output is read
+    through a stream reader that never produces more than ``cap + 1`` bytes, whatever the frame's
+    blocks claim; then the strict check of ``zstd_decompress`` runs (exact size, no trailing bytes).
+    """
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as exc:
+        raise PayloadError(f"{what} is malformed ({exc})") from None
+    if declared < 0:
+        raise PayloadError(f"{what} does not declare its inflated size")
+    if declared > cap:
+        raise PayloadError(f"{what} inflates to {declared} bytes, over the limit of {cap}")
+    got = 0
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False) as reader:
+            while got <= declared:
+                chunk = reader.read(min(declared + 1 - got, 1 << 20))
+                if not chunk:
+                    break
+                got += len(chunk)
+    except zstandard.ZstdError as exc:
+        raise PayloadError(f"{what} is corrupt ({exc})") from None
+    if got != declared:
+        raise PayloadError(f"{what} inflates to a size other than the {declared} bytes it declares")
+    return zstd_decompress(data, declared)
 
 
 def write_verbatim(w: FrameWriter, index: np.ndarray, values: np.ndarray) -> None:

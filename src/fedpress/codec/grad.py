@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from .base import BoundedCodec, LayerState, check_dtype, check_finite, register_codec
+from .base import (
+    BoundedCodec,
+    LayerState,
+    check_dtype,
+    check_finite,
+    native,
+    native_dtype,
+    register_codec,
+)
 from .contexts import (
     channel_scales,
     has_channel_scales,
@@ -102,6 +110,7 @@ class GradCodec(BoundedCodec):
 
     # ------------------------------------------------------------------ encode
     def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
+        x = native(x)
         check_dtype(x)
         check_finite(x)
         state = {} if state is None else state
@@ -159,6 +168,7 @@ class GradCodec(BoundedCodec):
         self, frame: bytes, shape: tuple[int, ...], dtype: np.dtype, state: LayerState | None = None
     ) -> np.ndarray:
         state = {} if state is None else state
+        dtype = native_dtype(dtype)
         shape = tuple(shape)
         r = FrameReader(frame)
         (kind,) = r.unpack("B")

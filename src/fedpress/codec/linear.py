@@ -10,12 +10,20 @@ from typing import Any
 
 import numpy as np
 
-from .base import BoundedCodec, LayerState, check_dtype, check_finite, register_codec
+from .base import (
+    BoundedCodec,
+    LayerState,
+    check_dtype,
+    check_finite,
+    native,
+    native_dtype,
+    register_codec,
+)
 from .entropy import (
     AnsReader,
     AnsWriter,
     read_magnitudes,
-    read_symbols,
+    read_model,
     write_magnitudes,
     write_symbols,
 )
@@ -60,11 +68,28 @@ def write_signs(w: AnsWriter, codes: np.ndarray) -> None:
 
 
 def read_signs(r: AnsReader, mags: np.ndarray) -> np.ndarray:
-    nz = np.flatnonzero(mags)
-    neg = read_symbols(r, nz.size)
-    codes = mags.copy()
-    codes[nz[neg == 1]] *= -1
-    return codes
+    """Apply the signs to ``mags`` in place (it becomes the codes; no copy of the tensor).
+
+    One model, then the sign bits read chunk by chunk (ANS decoding continues across calls), so
+    the position lists never cover the whole tensor at once.
+    """
+    if not np.count_nonzero(mags):
+        return mags
+    model, top = read_model(r)
+    flat = mags.reshape(-1)
+    for i in range(0, flat.size, _SIGN_CHUNK):
+        chunk = flat[i : i + _SIGN_CHUNK]
+        nz = np.flatnonzero(chunk)
+        if not nz.size or model is None:
+            continue  # no model: every sign is positive
+        neg = r.read(nz.size, model)
+        if neg.max() > top:
+            raise PayloadError("decoded symbol outside its model's alphabet")
+        chunk[nz[neg == 1]] *= -1
+    return mags
+
+
+_SIGN_CHUNK = 1 << 18
 
 
 def check_abs_eb(abs_eb: float) -> float:
@@ -83,6 +108,7 @@ class LinearCodec(BoundedCodec):
         super().__init__(mode, eb)
 
     def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
+        x = native(x)
         check_dtype(x)
         check_finite(x)
         abs_eb = self.bound.absolute(x)
@@ -102,6 +128,7 @@ class LinearCodec(BoundedCodec):
     def decode(
         self, frame: bytes, shape: tuple[int, ...], dtype: np.dtype, state: LayerState | None = None
     ) -> np.ndarray:
+        dtype = native_dtype(dtype)
         r = FrameReader(frame)
         (kind,) = r.unpack("B")
         n = int(np.prod(shape))

@@ -47,11 +47,26 @@ def quantize(x: np.ndarray, abs_eb: float, pred: np.ndarray | None = None) -> Qu
     return Quantized(codes, index.astype(np.int64), flat[index].copy(), recon)
 
 
+#: elements per chunk of the float64 reconstruction (bounds the decoder's working memory).
+_CHUNK = 1 << 18
+
+
 def _reconstruct(codes: np.ndarray, step: float, dtype: np.dtype, pred: np.ndarray | None) -> np.ndarray:
-    recon64 = codes.astype(np.float64) * step
-    if pred is not None:
-        recon64 += pred.reshape(-1)
-    return recon64.astype(dtype)
+    """``(codes * step [+ pred])`` computed in float64 and rounded once to ``dtype``.
+
+    Done in chunks, so the float64 intermediate never exists for the whole tensor; each element
+    goes through the same two operations, so the result is the same bit for bit.
+    """
+    codes = codes.reshape(-1)
+    flat_pred = None if pred is None else pred.reshape(-1)
+    out = np.empty(codes.size, dtype=dtype)
+    for i in range(0, codes.size, _CHUNK):
+        r64 = codes[i : i + _CHUNK].astype(np.float64) * step
+        if flat_pred is not None:
+            r64 += flat_pred[i : i + _CHUNK]
+        with np.errstate(over="ignore"):  # out-of-range values are caught as verbatim ones
+            out[i : i + _CHUNK] = r64
+    return out
 
 
 def dequantize(

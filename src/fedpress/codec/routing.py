@@ -62,11 +62,15 @@ class Policy:
     """Ordered rules plus what to do with NaN/Inf headed for a lossy codec."""
 
     rules: list[Rule]
-    nonfinite: str = "error"  # or "lossless": send such a tensor exactly, with a warning
+    #: "error" (alias "refuse"): NaN/Inf headed for a lossy codec raise ``NonFiniteError``;
+    #: "lossless": such a tensor is sent exactly, with a warning.
+    nonfinite: str = "error"
 
     def __post_init__(self) -> None:
+        if self.nonfinite == "refuse":
+            self.nonfinite = "error"
         if self.nonfinite not in ("error", "lossless"):
-            raise CodecError("policy.nonfinite must be 'error' or 'lossless'")
+            raise CodecError("policy.nonfinite must be 'refuse' (or 'error') or 'lossless'")
         if not self.rules:
             raise CodecError("a routing policy needs at least one rule")
         self._cache: dict[tuple[str, str], Codec] = {}
@@ -78,6 +82,16 @@ class Policy:
         if key not in self._cache:
             self._cache[key] = get_codec(rule.codec, **rule.params)
         return self._cache[key]
+
+    def codec_names(self) -> frozenset[str]:
+        """Every codec this policy can put in a payload: what a receiver should ``accept``.
+
+        ``zstd`` is included when NaN/Inf may be sent losslessly.
+        """
+        names = {rule.codec for rule in self.rules}
+        if self.nonfinite == "lossless":
+            names.add("zstd")
+        return frozenset(names)
 
     def route(self, name: str, x: np.ndarray) -> Codec:
         role = tensor_role(name, x)

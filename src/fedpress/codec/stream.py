@@ -12,29 +12,44 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .base import LayerState, get_codec
+from .base import LayerState, get_codec, native
 from .errors import CodecError, NonFiniteError, PayloadError, StreamStateError
+from .limits import DEFAULT_LIMITS, PayloadLimits
 from .routing import Policy
 from .wire import Envelope, TensorEntry, unpack
 
 _EMPTY_FINGERPRINT = "0" * 16
 
 
+@dataclass(frozen=True)
+class TaggedArray:
+    """A numpy array standing for a tensor of another dtype (bfloat16 widened to float32
+    exactly), for callers that have no torch; the wire entry records ``dtype``."""
+
+    values: np.ndarray
+    dtype: str
+
+
 def to_numpy(x: Any) -> tuple[np.ndarray, str]:
-    """(array for the codecs, dtype name to restore); torch tensors and bfloat16 included."""
+    """(array for the codecs, dtype name to restore); torch tensors and bfloat16 included.
+
+    Non-native byte orders (``'>f4'``) are converted here, once, so no codec sees them.
+    """
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
         t = x.detach().cpu()
         name = str(t.dtype).removeprefix("torch.")
         if name == "bfloat16":
             return t.float().numpy(), "bfloat16"  # exact widening
         return t.numpy(), name
-    a = np.asarray(x)
+    if isinstance(x, TaggedArray):
+        return native(np.asarray(x.values)), x.dtype
+    a = native(np.asarray(x))
     return a, a.dtype.name
 
 
@@ -146,43 +161,79 @@ class StreamEncoder:
         self.states = {k: dict(v) for k, v in sd["states"].items()}
 
 
-#: default cap on one decoded tensor: a forged header must not make the receiver allocate
-#: (or spend minutes decoding) more than this; raise it for models with bigger tensors.
-MAX_TENSOR_BYTES = 2 * 1024**3
+#: default cap on one decoded tensor (kept for callers; ``PayloadLimits`` holds the limits).
+MAX_TENSOR_BYTES = DEFAULT_LIMITS.max_tensor_bytes
 
 
 class StreamDecoder:
-    """Receiver side of a stream; refuses payloads that do not continue its state."""
+    """Receiver side of a stream; refuses payloads that do not continue its state.
 
-    def __init__(self, stream_id: str | None = None, max_tensor_bytes: int = MAX_TENSOR_BYTES) -> None:
+    Parameters
+    ----------
+    stream_id
+        The stream this decoder serves (``None``: take the first payload's).
+    accept
+        Codec names this receiver accepts; a payload naming any other codec is refused before
+        any frame is read (``None``: every registered codec).
+    limits
+        Payload-level limits checked before any frame is decoded (``None``: the defaults).
+    max_tensor_bytes
+        Shorthand for ``limits.max_tensor_bytes`` (older callers).
+    """
+
+    def __init__(
+        self,
+        stream_id: str | None = None,
+        *,
+        accept: Collection[str] | None = None,
+        limits: PayloadLimits | None = None,
+        max_tensor_bytes: int | None = None,
+    ) -> None:
         self.stream_id = stream_id
-        self.max_tensor_bytes = max_tensor_bytes
+        self.accept = None if accept is None else frozenset(accept)
+        limits = limits or DEFAULT_LIMITS
+        if max_tensor_bytes is not None:
+            limits = limits.replace(max_tensor_bytes=max_tensor_bytes)
+        self.limits = limits
         self.expected_seq: int | None = None
         self.states: dict[str, LayerState] = {}
         self.last_meta: dict[str, Any] = {}
         self.last_dtypes: dict[str, str] = {}
         self.last_lossy: set[str] = set()
 
+    @property
+    def max_tensor_bytes(self) -> int:
+        return self.limits.max_tensor_bytes
+
     def decode(self, payload: bytes) -> dict[str, np.ndarray]:
-        return self.decode_envelope(unpack(payload))
+        """Check the payload against the limits and the allow-list, then decode it."""
+        return self.decode_envelope(unpack(payload, self.limits, self.accept))
 
     def decode_envelope(self, env: Envelope) -> dict[str, np.ndarray]:
+        """Decode an unpacked payload (the wire layer has checked the limits)."""
+        if self.accept is not None:
+            for entry in env.tensors:
+                if entry.codec not in self.accept:
+                    raise PayloadError(f"tensor {entry.name!r}: codec {entry.codec!r} is not accepted")
         states = self._check_stream(env)
         new_states = dict(states)
         out: dict[str, np.ndarray] = {}
         dtypes: dict[str, str] = {}
         lossy: set[str] = set()
+        codecs: dict[tuple[str, int], Any] = {}  # entries share their codec table's params dict
         for entry, frame in zip(env.tensors, env.frames, strict=True):
-            try:
-                codec = get_codec(entry.codec, **entry.params)
-            except CodecError as exc:
-                raise PayloadError(f"tensor {entry.name!r}: {exc}") from None
+            key = (entry.codec, id(entry.params))
+            codec = codecs.get(key)
+            if codec is None:
+                try:
+                    codec = codecs[key] = get_codec(entry.codec, **entry.params)
+                except CodecError as exc:
+                    raise PayloadError(f"tensor {entry.name!r}: {exc}") from None
             compute_dtype = np.dtype("float32" if entry.dtype == "bfloat16" else entry.dtype)
-            nbytes = int(np.prod(entry.shape)) * compute_dtype.itemsize
-            if nbytes > self.max_tensor_bytes:
+            if entry.nbytes > self.limits.max_tensor_bytes:
                 raise PayloadError(
-                    f"tensor {entry.name!r} declares {nbytes} bytes, over this decoder's limit "
-                    f"of {self.max_tensor_bytes} (max_tensor_bytes)"
+                    f"tensor {entry.name!r} declares {entry.nbytes} bytes, over this decoder's "
+                    f"limit of {self.limits.max_tensor_bytes} (max_tensor_bytes)"
                 )
             state = dict(new_states.get(entry.name, {})) if codec.stateful else None
             try:
@@ -237,13 +288,26 @@ class StreamDecoder:
 
 
 class DecoderHub:
-    """One ``StreamDecoder`` per stream id, created on first contact (server side)."""
+    """One ``StreamDecoder`` per stream id, created on first contact (server side).
 
-    def __init__(self) -> None:
+    ``accept`` and ``limits`` apply to every stream, and are checked before the payload is
+    routed to its stream's decoder.
+    """
+
+    def __init__(
+        self,
+        *,
+        accept: Collection[str] | None = None,
+        limits: PayloadLimits | None = None,
+    ) -> None:
+        self.accept = None if accept is None else frozenset(accept)
+        self.limits = limits or DEFAULT_LIMITS
         self.decoders: dict[str, StreamDecoder] = {}
 
     def decode(self, payload: bytes) -> tuple[str, dict[str, np.ndarray]]:
-        env = unpack(payload)
+        env = unpack(payload, self.limits, self.accept)
         sid = env.stream["id"] if env.stream else "default"
-        dec = self.decoders.setdefault(sid, StreamDecoder(sid))
+        dec = self.decoders.get(sid)
+        if dec is None:
+            dec = self.decoders[sid] = StreamDecoder(sid, accept=self.accept, limits=self.limits)
         return sid, dec.decode_envelope(env)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .types import Tensors
@@ -45,6 +47,17 @@ class RunningSum:
         if den == 0:
             raise ValueError("cannot average with a zero total weight")
         return {k: v / den for k, v in self.sum().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The float64 sums and counters (checkpointing)."""
+        sums = None if self._sum is None else {k: v.copy() for k, v in self._sum.items()}
+        return {"sum": sums, "total_weight": self.total_weight, "count": self.count}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        s = sd["sum"]
+        self._sum = None if s is None else {k: np.array(v, np.float64, copy=True) for k, v in s.items()}
+        self.total_weight = float(sd["total_weight"])
+        self.count = int(sd["count"])
 
     def reset(self) -> None:
         self._sum = None

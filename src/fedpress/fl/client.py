@@ -8,7 +8,9 @@ clock-agnostic: it reports measured wall seconds and byte counts, transports tur
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,9 +21,10 @@ from fedpress.transport.base import ClientResult
 
 from .codec_adapter import (
     CodecSpec,
-    TensorEncoder,
     decode_update,
+    decoder_state,
     encode_update,
+    load_decoder_state,
     make_decoder,
     make_encoder,
 )
@@ -86,6 +89,8 @@ class LocalTrainer:
         opt.state.clear()
         loss_sum, correct, seen = 0.0, 0, 0
         for b in self._batches(np.asarray(indices), rng):
+            if len(b) == 1 and self.spec.batch_size > 1 and len(indices) > 1:
+                continue  # a one-sample remainder batch: BatchNorm cannot normalise it
             idx = torch.from_numpy(b)
             xb, yb = self.x[idx], self.y[idx]
             opt.zero_grad(set_to_none=True)
@@ -98,11 +103,18 @@ class LocalTrainer:
             seen += len(b)
         after = get_params(self.model)
         delta = {k: (after[k] - params[k]).astype(params[k].dtype, copy=False) for k in params}
-        return delta, seen, {"train_loss": loss_sum / seen, "train_accuracy": correct / seen}
+        n = max(seen, 1)
+        return delta, seen, {"train_loss": loss_sum / n, "train_accuracy": correct / n}
+
+
+#: ``hook(client_id, base_version, delta) -> delta to send``: sees every client delta
+#: (``w_after - w_before``) before encoding, e.g. to record traces or to perturb the uplink.
+UplinkHook = Callable[[int, int, Tensors], Tensors]
 
 
 class ClientRunner:
-    """One client: its shard, its downlink decoder and uplink encoder (streams ``c{id}/...``)."""
+    """One client: its shard, its downlink decoder and uplink encoder (streams ``c{id}/...``),
+    and an optional :data:`UplinkHook` between training and encoding."""
 
     def __init__(
         self,
@@ -111,21 +123,39 @@ class ClientRunner:
         indices: np.ndarray,
         uplink: CodecSpec | None,
         seed: int,
+        hook: UplinkHook | None = None,
     ) -> None:
         self.client_id = client_id
         self.trainer = trainer
         self.indices = np.asarray(indices, dtype=np.int64)
         self.seed = seed
+        self.hook = hook
         self.rounds = 0
         self.decoder = make_decoder()
-        self.encoder: TensorEncoder = make_encoder(uplink, stream_id=f"c{client_id}/up")
+        self.encoder = make_encoder(uplink, stream_id=f"c{client_id}/up")
 
-    def run(self, payload: bytes, version: int) -> ClientResult:
+    def state_dict(self) -> dict[str, Any]:
+        """Round counter and both stream states (checkpointing; arrays and plain types)."""
+        return {"rounds": self.rounds, "encoder": self.encoder.state_dict(),
+                "decoder": decoder_state(self.decoder)}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.rounds = int(sd["rounds"])
+        self.encoder.load_state_dict(sd["encoder"])
+        load_decoder_state(self.decoder, sd["decoder"])
+
+    def run(self, payload: bytes, version: int, keyframe: bool = False) -> ClientResult:
+        """Decode the model, train, encode the delta; ``keyframe`` resets the uplink stream
+        first (the server lost track of it), so this result decodes from scratch."""
+        if keyframe:
+            self.encoder.reset()
         params, dec_s = decode_update(self.decoder, payload)
         t0 = time.perf_counter()
         seed = derive_seed(self.seed, self.client_id, self.rounds)
         delta, samples, metrics = self.trainer.train(params, self.indices, seed)
         train_s = time.perf_counter() - t0
+        if self.hook is not None:
+            delta = self.hook(self.client_id, version, delta)
         try:
             up, stats = encode_update(self.encoder, delta)
         except CodecError:

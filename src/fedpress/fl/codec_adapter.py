@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from fedpress.codec.errors import PayloadError
+from fedpress.codec.limits import DEFAULT_LIMITS, PayloadLimits
 from fedpress.codec.routing import Policy
 from fedpress.codec.stream import StreamDecoder, StreamEncoder
+from fedpress.codec.wire import TensorEntry, read_manifest
 
 from .types import Tensors
 
@@ -55,20 +58,84 @@ class EncodeStats:
     seconds: float
 
 
-def make_encoder(spec: CodecSpec | None, stream_id: str) -> TensorEncoder:
-    """A stateful encoder for one stream (``"c{client}/up"`` or ``"c{client}/down"``)."""
+def policy_for(spec: CodecSpec | None) -> Policy:
+    """The routing policy a link's codec spec stands for."""
     if spec is None or spec.is_raw:
-        policy = Policy.uniform("raw")
-    elif spec.name == "lossless":
-        policy = Policy.lossless()
-    else:
-        policy = Policy.default(codec=spec.name, mode=spec.mode, eb=spec.eb)
-    return StreamEncoder(policy, stream_id=stream_id)
+        return Policy.uniform("raw")
+    if spec.name == "lossless":
+        return Policy.lossless()
+    return Policy.default(codec=spec.name, mode=spec.mode, eb=spec.eb)
 
 
-def make_decoder(spec: CodecSpec | None = None) -> TensorDecoder:
-    """A decoder for one stream id; ``spec`` is unused (payloads describe themselves)."""
-    return StreamDecoder()
+def accepted_codecs(spec: CodecSpec | None) -> frozenset[str]:
+    """Codec names a receiver of this link accepts: exactly those its policy can route to
+    (a server takes the codecs its config names, nothing else)."""
+    return frozenset(rule.codec for rule in policy_for(spec).rules)
+
+
+def make_encoder(spec: CodecSpec | None, stream_id: str) -> StreamEncoder:
+    """A stateful encoder for one stream (``"c{client}/up"`` or ``"c{client}/down"``)."""
+    return StreamEncoder(policy_for(spec), stream_id=stream_id)
+
+
+def make_decoder(
+    spec: CodecSpec | None = None,
+    *,
+    accept: frozenset[str] | None = None,
+    limits: PayloadLimits | None = None,
+) -> StreamDecoder:
+    """A decoder for one stream. Payloads describe themselves; ``accept`` (default: the codecs
+    ``spec`` routes to, or any when no spec is given) and ``limits`` bound what it takes."""
+    if accept is None and spec is not None:
+        accept = accepted_codecs(spec)
+    return StreamDecoder(accept=accept, limits=limits)
+
+
+def model_limits(params: Tensors) -> PayloadLimits:
+    """Payload limits that fit exactly one update of this model (what a server expects):
+    its tensor count, element total and byte sizes (as float32 or wider)."""
+    sizes = [int(np.asarray(v).size) * max(np.asarray(v).dtype.itemsize, 4) for v in params.values()]
+    return DEFAULT_LIMITS.replace(
+        max_tensors=max(len(params), 1),
+        max_total_elements=max(sum(int(np.asarray(v).size) for v in params.values()), 1),
+        max_total_bytes=max(sum(sizes), 1),
+        max_tensor_bytes=max(max(sizes, default=1), 1),
+    )
+
+
+def check_manifest(
+    entries: list[TensorEntry], params: Tensors, accept: frozenset[str] | None
+) -> None:
+    """Refuse a payload before any frame is decoded: codecs outside ``accept``, tensor names,
+    shapes or dtypes that differ from the model's (``PayloadError``)."""
+    names = [e.name for e in entries]
+    if set(names) != params.keys() or len(names) != len(params):
+        diff = sorted(set(names) ^ set(params))
+        raise PayloadError(f"payload tensor names differ from the model's: {diff[:5]}")
+    for e in entries:
+        if accept is not None and e.codec not in accept:
+            raise PayloadError(
+                f"tensor {e.name!r}: codec {e.codec!r} is not accepted here "
+                f"(accepted: {', '.join(sorted(accept))})"
+            )
+        want = params[e.name]
+        if tuple(e.shape) != tuple(want.shape):
+            raise PayloadError(f"tensor {e.name!r}: shape {tuple(e.shape)} != model shape {want.shape}")
+        if e.dtype != want.dtype.name:
+            raise PayloadError(f"tensor {e.name!r}: dtype {e.dtype} != model dtype {want.dtype.name}")
+
+
+def decode_checked(
+    decoder: StreamDecoder, payload: bytes, params: Tensors, accept: frozenset[str] | None
+) -> tuple[Tensors, float]:
+    """Read the manifest under the decoder's limits, check it against the model and
+    ``accept``, and only then decode; measures wall seconds. Raises ``CodecError`` (the
+    decoder's state is untouched on refusal)."""
+    t0 = time.perf_counter()
+    entries = read_manifest(payload, decoder.limits, accept)
+    check_manifest(entries, params, accept)
+    tensors = decoder.decode(payload)
+    return tensors, time.perf_counter() - t0
 
 
 def pack_raw(tensors: Tensors) -> bytes:
@@ -89,3 +156,18 @@ def decode_update(decoder: TensorDecoder, payload: bytes) -> tuple[Tensors, floa
     t0 = time.perf_counter()
     tensors = decoder.decode(payload)
     return tensors, time.perf_counter() - t0
+
+
+def decoder_state(decoder: StreamDecoder) -> dict[str, Any]:
+    """A stream decoder's resumable state (checkpointing): position and per-layer states."""
+    return {
+        "expected_seq": -1 if decoder.expected_seq is None else int(decoder.expected_seq),
+        "states": {k: dict(v) for k, v in decoder.states.items()},
+    }
+
+
+def load_decoder_state(decoder: StreamDecoder, sd: dict[str, Any]) -> None:
+    """Inverse of :func:`decoder_state`."""
+    seq = int(sd["expected_seq"])
+    decoder.expected_seq = None if seq < 0 else seq
+    decoder.states = {k: dict(v) for k, v in sd["states"].items()}

@@ -1,77 +1,31 @@
-"""Heterogeneous clients: compute speed, link bandwidths and latency, and the round-trip model.
+"""Heterogeneous clients: drawing compute speed, link bandwidths and latency per client.
 
-Simulated round trip of one dispatch (what the in-process transport adds to its virtual clock):
-
-    download  = bytes_down * 8 / (down_mbps * 1e6) + latency_s
-    decode    = client-side decode of the model (measured, or raw_bytes / codec throughput)
-    compute   = samples_processed * s_per_sample
-    encode    = client-side encode of the delta (measured, or raw_bytes / codec throughput)
-    upload    = bytes_up * 8 / (up_mbps * 1e6) + latency_s
-
-``timing="modeled"`` makes codec seconds a constant throughput so runs are bit-for-bit
-repeatable; ``"measured"`` uses the wall seconds the codec took (realistic, noisy). Server-side
-encode/decode seconds are logged but not charged to the clock (the server is assumed to keep up).
+The round-trip model itself lives with the virtual-clock transport
+(``fedpress.transport.sim``); the codec-time model in ``fedpress.fl.timing``. Both are
+re-exported here for callers of the older import path.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fedpress.transport.sim import ClientProfile, round_trip, transfer_seconds
 
-@dataclass(frozen=True)
-class ClientProfile:
-    client_id: int
-    s_per_sample: float
-    up_mbps: float
-    down_mbps: float
-    latency_s: float
+from .timing import CodecSpeed, TimingModel
 
-
-@dataclass(frozen=True)
-class TimingModel:
-    mode: str = "modeled"
-    codec_mb_per_s: float = 100.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("modeled", "measured"):
-            raise ValueError(f"timing must be 'modeled' or 'measured', got {self.mode!r}")
-        if not self.codec_mb_per_s > 0:
-            raise ValueError("codec_mb_per_s must be > 0")
-
-    def codec_seconds(self, raw_bytes: int, measured_s: float) -> float:
-        if self.mode == "measured":
-            return float(measured_s)
-        return raw_bytes / (self.codec_mb_per_s * 1e6)
-
-
-def transfer_seconds(nbytes: int, mbps: float, latency_s: float) -> float:
-    return nbytes * 8.0 / (mbps * 1e6) + latency_s
-
-
-def round_trip(
-    p: ClientProfile,
-    *,
-    bytes_down: int,
-    bytes_up: int,
-    samples: int,
-    decode_s: float,
-    encode_s: float,
-) -> dict[str, float]:
-    """The parts of one simulated round trip and their ``total`` (seconds)."""
-    parts = {
-        "download_s": transfer_seconds(bytes_down, p.down_mbps, p.latency_s),
-        "decode_s": decode_s,
-        "compute_s": samples * p.s_per_sample,
-        "encode_s": encode_s,
-        "upload_s": transfer_seconds(bytes_up, p.up_mbps, p.latency_s),
-    }
-    parts["total_s"] = sum(parts.values())
-    return parts
+__all__ = [
+    "ClientProfile",
+    "CodecSpeed",
+    "TimingModel",
+    "load_trace",
+    "make_profiles",
+    "round_trip",
+    "transfer_seconds",
+]
 
 
 def load_trace(path: str | Path) -> list[dict[str, float]]:

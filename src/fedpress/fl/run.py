@@ -69,12 +69,16 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run one simulated experiment; returns its summary (also written to ``summary.json``)."""
     cfg = load_config(config, overrides)
+    # everything that can refuse the config runs before the run directory exists
+    if inputs is None:
+        inputs = prepare_inputs(cfg)
+    inputs.model_fn()
     out = Path(run_dir) if run_dir is not None else Path(cfg.run.out_dir) / cfg.run_name()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-    if inputs is None:
-        inputs = prepare_inputs(cfg)
-    with torch_threads(cfg.run.torch_threads), EventLog(out / EVENTS_FILE, cfg.run.target_accuracy, tensorboard=cfg.run.tensorboard) as log:
+    with torch_threads(cfg.run.torch_threads), EventLog(
+        out / EVENTS_FILE, cfg.run.target_accuracy, tensorboard=cfg.run.tensorboard
+    ) as log:
         server = build_server(cfg, inputs, log, on_progress)
         summary = server.run()
     summary.update(

@@ -16,22 +16,26 @@ from typing import Any
 import numpy as np
 
 from fedpress.codec.errors import CodecError
+from fedpress.codec.stream import StreamDecoder, StreamEncoder
 from fedpress.metrics.events import EventLog
 from fedpress.transport.base import Arrival, Transport
 
+from .checkpoint import copy_tensors, load_rng_state, rng_state
 from .codec_adapter import (
     CodecSpec,
-    TensorDecoder,
-    TensorEncoder,
-    decode_update,
+    accepted_codecs,
+    decode_checked,
+    decoder_state,
     encode_update,
+    load_decoder_state,
     make_decoder,
     make_encoder,
+    model_limits,
 )
 from .context import ServerContext
 from .params import num_bytes
-from .profiles import TimingModel
 from .strategies import Strategy
+from .timing import TimingModel
 from .types import GlobalState, Tensors, Update
 from .versions import VersionStore
 
@@ -68,6 +72,16 @@ def check_update(tensors: Tensors, params: Tensors) -> None:
 
 
 class Server:
+    """The event loop: dispatch, wait for arrivals, decode and check them, let the strategy
+    aggregate and publish, evaluate, stop.
+
+    Decoding is guarded: a payload must name only codecs in ``accept`` (default: those the
+    ``uplink`` spec routes to; ``None`` with no uplink given accepts any) and exactly the
+    model's tensor names, shapes and dtypes, checked before any frame is decoded. A client whose
+    uplink could not be decoded (corrupted, lost or reordered payload) is flagged and its next
+    dispatch carries ``keyframe=True`` (see ``fedpress.transport.base``).
+    """
+
     def __init__(
         self,
         strategy: Strategy,
@@ -84,6 +98,8 @@ class Server:
         timing: TimingModel | None = None,
         seed: int = 0,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
+        uplink: CodecSpec | None = None,
+        accept: frozenset[str] | None = None,
     ) -> None:
         self.strategy = strategy
         self.transport = transport
@@ -103,14 +119,21 @@ class Server:
             versions=versions,
         )
         versions.publish(0, self.ctx.state.params)
-        self._decoders: dict[int, TensorDecoder] = {}
-        self._down_encoders: dict[int, TensorEncoder] = {}
+        if accept is None and uplink is not None:
+            accept = accepted_codecs(uplink)
+        self.accept = accept
+        self.limits = model_limits(params)
+        self.needs_keyframe: set[int] = set()
+        self._decoders: dict[int, StreamDecoder] = {}
+        self._down_encoders: dict[int, StreamEncoder] = {}
         self._down_cache: tuple[int, bytes, float] | None = None
         self.updates = 0  # accepted client updates
         self._last_eval_version = -1
         self._next_eval_time = eval_every_time
         self._target_hit = False
         self._raw_model_bytes = num_bytes(params)
+        self._started = False
+        self._wall0 = time.perf_counter()
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -122,8 +145,19 @@ class Server:
         return self.ctx.state.version
 
     def run(self) -> dict[str, Any]:
-        """Run until a stop rule fires; returns the summary."""
-        wall0 = time.perf_counter()
+        """Run until a stop rule fires; returns the summary. A server restored with
+        :meth:`load_state_dict` continues where the checkpoint was taken."""
+        if not self._started:
+            self.start()
+        reason = self._stop_reason()
+        while reason is None:
+            reason = self.step()
+        return self.finish(reason)
+
+    def start(self) -> None:
+        """Log the start, evaluate the initial model and make the first dispatches."""
+        self._wall0 = time.perf_counter()
+        self._started = True
         self.log.write(
             "start",
             t=self.transport.now(),
@@ -135,22 +169,27 @@ class Server:
         )
         self._evaluate()
         self._dispatch_all(self.strategy.select(self.ctx, None))
+
+    def step(self) -> str | None:
+        """Handle one event (an arrival, or a deadline without one); returns why the run
+        should stop now, or None to go on."""
+        deadline = self._deadline()
+        ev = self.transport.next_event(deadline)
+        self.ctx.now = self.transport.now()
+        arrived: int | None = None
+        if ev is None and deadline is None:
+            return "stalled"  # nothing in flight and nothing to wait for
+        if ev is not None:
+            arrived = self._on_arrival(ev)
+        if self.strategy.ready(self.ctx):
+            self._publish(self.strategy.apply(self.ctx))
         reason = self._stop_reason()
-        while reason is None:
-            deadline = self._deadline()
-            ev = self.transport.next_event(deadline)
-            self.ctx.now = self.transport.now()
-            arrived: int | None = None
-            if ev is None and deadline is None:
-                reason = "stalled"  # nothing in flight and nothing to wait for
-                break
-            if ev is not None:
-                arrived = self._on_arrival(ev)
-            if self.strategy.ready(self.ctx):
-                self._publish(self.strategy.apply(self.ctx))
-            reason = self._stop_reason()
-            if reason is None:
-                self._dispatch_all(self.strategy.select(self.ctx, arrived))
+        if reason is None:
+            self._dispatch_all(self.strategy.select(self.ctx, arrived))
+        return reason
+
+    def finish(self, reason: str) -> dict[str, Any]:
+        """Final evaluation, close the transport, log the end; returns the summary."""
         if self._last_eval_version != self.version:
             self._evaluate()
         self.transport.close()
@@ -160,7 +199,7 @@ class Server:
             version=self.version,
             updates=self.updates,
             reason=reason,
-            wall_s=time.perf_counter() - wall0,
+            wall_s=time.perf_counter() - self._wall0,
         )
         self.log.flush()
         return self.log.summary.result()
@@ -200,7 +239,9 @@ class Server:
         for c in clients:
             payload, enc_s = self._model_payload(c)
             self.ctx.versions.acquire(self.version)
-            self.transport.dispatch(c, payload, self.version)
+            keyframe = c in self.needs_keyframe
+            self.transport.dispatch(c, payload, self.version, keyframe=keyframe)
+            self.needs_keyframe.discard(c)
             self.ctx.in_flight.add(c)
             self.log.write(
                 "dispatch",
@@ -209,7 +250,7 @@ class Server:
                 version=self.version,
                 bytes_down=len(payload),
                 raw_bytes_down=self._raw_model_bytes,
-                server_encode_s=self.timing.codec_seconds(self._raw_model_bytes, enc_s),
+                keyframe=keyframe,
                 wall_server_encode_s=enc_s,
             )
 
@@ -219,15 +260,21 @@ class Server:
         self.ctx.in_flight.discard(c)
         dec = self._decoders.get(c)
         if dec is None:
-            dec = self._decoders[c] = make_decoder()
+            dec = self._decoders[c] = make_decoder(accept=self.accept, limits=self.limits)
         staleness = self.version - r.base_version
         status, reason, dec_s = "accepted", None, 0.0
         try:
             # decode every payload, even one we drop: stateful streams must stay in sync
-            tensors, dec_s = decode_update(dec, r.payload)
-            check_update(tensors, self.params)
-        except (CodecError, ValueError) as exc:
+            tensors, dec_s = decode_checked(dec, r.payload, self.params, self.accept)
+        except CodecError as exc:
+            # the decoder kept its state; the client's encoder moved on: resync by a keyframe
             status, reason = "rejected", str(exc)
+            self.needs_keyframe.add(c)
+        else:
+            try:
+                check_update(tensors, self.params)
+            except ValueError as exc:
+                status, reason = "rejected", str(exc)
         if status == "accepted":
             update = Update(
                 client_id=c,
@@ -262,7 +309,6 @@ class Server:
             "raw_bytes_down": r.raw_bytes_down,
             "dispatched_at": ev.dispatched_at,
             **ev.sim,
-            "server_decode_s": self.timing.codec_seconds(r.raw_bytes_up, dec_s),
             "wall_server_decode_s": dec_s,
             **r.timings,
             **{k: v for k, v in r.metrics.items()},
@@ -308,3 +354,74 @@ class Server:
         )
         if self.on_progress is not None:
             self.on_progress({"updates": self.updates, "t": self.ctx.now, "accuracy": acc})
+
+    # -- checkpointing ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The server's complete state (numpy arrays and plain types; see
+        ``fedpress.fl.checkpoint.split_arrays`` to save it without pickle): global model,
+        version and counters, clock, RNG, old models still referenced, clients in flight and
+        awaiting a keyframe, codec stream states and the strategy's state (buffers, window,
+        server-optimizer moments). The event log is not included: append to the same file."""
+        vs = self.ctx.versions
+        return {
+            "format": 1,
+            "strategy_name": self.strategy.name,
+            "version": self.version,
+            "params": copy_tensors(self.params),
+            "updates": self.updates,
+            "now": self.ctx.now,
+            "rng": rng_state(self.ctx.rng),
+            "in_flight": sorted(self.ctx.in_flight),
+            "needs_keyframe": sorted(self.needs_keyframe),
+            "old_models": {str(v): copy_tensors(m) for v, m in vs._models.items() if v != vs.current},
+            "version_refs": {str(v): n for v, n in vs._refs.items()},
+            "decoders": {str(c): decoder_state(d) for c, d in sorted(self._decoders.items())},
+            "down_encoders": {str(c): e.state_dict() for c, e in sorted(self._down_encoders.items())},
+            "eval": {
+                "last_version": self._last_eval_version,
+                "next_time": self._next_eval_time,
+                "target_hit": self._target_hit,
+            },
+            "started": self._started,
+            "strategy": self.strategy.state_dict(),
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` into a server built with the same settings; a later
+        :meth:`run` continues from there (without a new start event or initial dispatch)."""
+        if sd.get("format") != 1:
+            raise ValueError(f"unknown server checkpoint format {sd.get('format')!r}")
+        if sd["strategy_name"] != self.strategy.name:
+            raise ValueError(
+                f"checkpoint is of strategy {sd['strategy_name']!r}, this server runs {self.strategy.name!r}"
+            )
+        params = copy_tensors(sd["params"])
+        check_update(params, self.params)
+        st = self.ctx.state
+        st.params, st.version = params, int(sd["version"])
+        vs = VersionStore(keep_old=self.ctx.versions.keep_old)
+        for v, m in sd["old_models"].items():
+            vs._models[int(v)] = copy_tensors(m)
+        vs._refs = {int(v): int(n) for v, n in sd["version_refs"].items()}
+        vs.publish(st.version, params)
+        self.ctx.versions = vs
+        self.updates = int(sd["updates"])
+        self.ctx.now = float(sd["now"])
+        load_rng_state(self.ctx.rng, sd["rng"])
+        self.ctx.in_flight = {int(c) for c in sd["in_flight"]}
+        self.needs_keyframe = {int(c) for c in sd["needs_keyframe"]}
+        self._decoders = {}
+        for c, dsd in sd["decoders"].items():
+            dec = self._decoders[int(c)] = make_decoder(accept=self.accept, limits=self.limits)
+            load_decoder_state(dec, dsd)
+        self._down_encoders = {}
+        for c, esd in sd["down_encoders"].items():
+            enc = self._down_encoders[int(c)] = make_encoder(self.downlink, f"c{c}/down")
+            enc.load_state_dict(esd)
+        self._down_cache = None
+        ev = sd["eval"]
+        self._last_eval_version = int(ev["last_version"])
+        self._next_eval_time = None if ev["next_time"] is None else float(ev["next_time"])
+        self._target_hit = bool(ev["target_hit"])
+        self._started = bool(sd["started"])
+        self.strategy.load_state_dict(sd["strategy"])

@@ -12,15 +12,17 @@ import torch
 from torch import nn
 
 from fedpress.metrics.events import EventLog
+from fedpress.transport.base import Transport
 from fedpress.transport.inprocess import InProcessTransport
 
-from .client import ClientRunner, LocalTrainer, TrainSpec
+from .client import ClientRunner, LocalTrainer, TrainSpec, UplinkHook
 from .codec_adapter import CodecSpec
 from .evaluate import Evaluator
 from .params import get_params
-from .profiles import TimingModel, make_profiles
+from .profiles import make_profiles
 from .server import Server, StopRule
 from .strategies import build_strategy
+from .timing import TimingModel
 
 
 @dataclass
@@ -48,23 +50,41 @@ def build_server(
     inputs: SimulationInputs,
     log: EventLog | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    uplink_hook: UplinkHook | None = None,
 ) -> Server:
-    """A ready-to-run :class:`Server` for an ``ExperimentConfig``; weights seeded by run.seed."""
+    """A ready-to-run :class:`Server` for an ``ExperimentConfig``; weights seeded by run.seed.
+    ``uplink_hook`` sees (and may replace) every client delta before it is encoded."""
     seed = cfg.run.seed
     n = len(inputs.parts)
     torch.manual_seed(seed)
     params = get_params(inputs.model_fn())
     t = cfg.train
     spec = TrainSpec(t.lr, t.momentum, t.wd, t.batch, t.local_epochs, t.local_steps)
-    trainer = LocalTrainer(inputs.model_fn(), _tensor(inputs.train_x), _tensor(inputs.train_y), spec)
     uplink = codec_spec(cfg.codec)
     parts = inputs.parts
+    timing = TimingModel.for_links(
+        cfg.clients.timing, uplink, codec_spec(cfg.codec.downlink), cfg.clients.codec_mb_per_s
+    )
+    profiles = make_profiles(n, cfg.clients, seed)
+    transport: Transport
+    if cfg.simulation.backend == "ray":  # ray is an optional extra: imported only when chosen
+        from fedpress.backends.ray_transport import RayTransport
 
-    def client(cid: int) -> ClientRunner:
-        return ClientRunner(cid, trainer, parts[cid], uplink, seed)
+        if uplink_hook is not None:
+            raise ValueError("an uplink hook (trace recording) runs in-process only")
 
-    timing = TimingModel(cfg.clients.timing, cfg.clients.codec_mb_per_s)
-    transport = InProcessTransport(client, make_profiles(n, cfg.clients, seed), timing)
+        transport = RayTransport.from_inputs(
+            cfg.simulation, inputs, spec, uplink, seed, profiles, timing, cfg.run.torch_threads
+        )
+    else:
+        trainer = LocalTrainer(
+            inputs.model_fn(), _tensor(inputs.train_x), _tensor(inputs.train_y), spec
+        )
+
+        def client(cid: int) -> ClientRunner:
+            return ClientRunner(cid, trainer, parts[cid], uplink, seed, uplink_hook)
+
+        transport = InProcessTransport(client, profiles, timing)
     evaluator = Evaluator(
         inputs.model_fn(), _tensor(inputs.test_x), _tensor(inputs.test_y), cfg.run.eval_batch
     )
@@ -84,4 +104,5 @@ def build_server(
         timing=timing,
         seed=seed,
         on_progress=on_progress,
+        uplink=uplink,
     )

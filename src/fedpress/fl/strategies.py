@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .aggregate import RunningSum, cast_like
+from .checkpoint import copy_tensors
 from .context import ServerContext
 from .server_opt import ServerOptimizer, ServerSGD, make_server_optimizer
 from .staleness import StalenessFn, get_staleness
@@ -49,6 +50,7 @@ def build_strategy(cfg: Any, num_clients: int) -> Strategy:
 
 
 def _optimizer(cfg: Any) -> ServerOptimizer:
+    """The server optimizer a strategy section names; unset parameters take its defaults."""
     o = cfg.server_opt
     return make_server_optimizer(o.name, cfg.eta_g, o.beta1, o.beta2, o.eps)
 
@@ -93,6 +95,14 @@ class Strategy(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume the rule exactly (arrays and plain types only)."""
+        return {}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict` on a strategy built with the same settings."""
+        return None
 
 
 def _fill(ctx: ServerContext, concurrency: int, first: int | None = None) -> list[int]:
@@ -201,9 +211,29 @@ class FedAvg(Strategy):
         self.cohort = set()
         return new
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "opt": self.opt.state_dict(), "acc": self.acc.state_dict(),
+            "round_open": self.round_open, "round_version": self.round_version,
+            "round_start": self.round_start, "cohort": sorted(self.cohort),
+            "expected": self.expected, "received": self.received,
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.opt.load_state_dict(sd["opt"])
+        self.acc.load_state_dict(sd["acc"])
+        self.round_open = bool(sd["round_open"])
+        self.round_version = int(sd["round_version"])
+        self.round_start = float(sd["round_start"])
+        self.cohort = {int(c) for c in sd["cohort"]}
+        self.expected = int(sd["expected"])
+        self.received = int(sd["received"])
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "server_opt": self.opt.name,
+            "eta_g": self.opt.eta_g,
             "clients_per_round": self.clients_per_round,
             "min_responses": self.min_responses,
             "timeout": self.timeout,
@@ -259,6 +289,16 @@ class FedAsync(Strategy):
         }
         return cast_like(mixed, ctx.state.params)
 
+    def state_dict(self) -> dict[str, Any]:
+        if self._pending is None:
+            return {"pending": None}
+        model, a = self._pending
+        return {"pending": {"model": copy_tensors(model), "a": a}}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        p = sd["pending"]
+        self._pending = None if p is None else (copy_tensors(p["model"]), float(p["a"]))
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "alpha": self.alpha, "max_in_flight": self.max_in_flight}
 
@@ -307,25 +347,38 @@ class FedBuff(Strategy):
         self.acc.reset()
         return new
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"opt": self.opt.state_dict(), "acc": self.acc.state_dict()}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.opt.load_state_dict(sd["opt"])
+        self.acc.load_state_dict(sd["acc"])
+
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "K": self.K, "max_in_flight": self.max_in_flight}
+        return {"name": self.name, "K": self.K, "max_in_flight": self.max_in_flight,
+                "server_opt": self.opt.name, "eta_g": self.opt.eta_g}
 
 
 @register_strategy
 class FedFa(Strategy):
     """Fully asynchronous FIFO window of the K most recent client results (FedFa, 2024).
 
-    ``max_in_flight`` clients (default K) are dispatched at the start; every arrival enters the
+    ``max_in_flight`` clients train at once (default: every client). Every arrival enters the
     window (evicting the oldest once K are held; a fast client may hold several slots) and, once
     the window is full, the global model is updated on *every* arrival:
 
     * ``variant="model"``: ``w = mean(window client models)``, client model ``w_base + delta``;
-    * ``variant="delta"``: ``w <- opt(w, mean(window deltas))`` (each delta is applied on K
-      consecutive updates, so ``eta_g`` around ``1/K`` gives it unit total weight).
+    * ``variant="delta"``: ``w <- opt(w, (1/K) sum(window deltas))``. A delta stays in the
+      window for K consecutive updates, each time with weight ``eta_g / K``, so its total
+      weight is ``eta_g``: ``eta_g = 1`` applies each delta once in all (FedBuff with the same
+      ``eta_g`` gives each delta ``eta_g / K`` in all).
 
-    The arriving client is re-dispatched at once with the new model: nobody waits for anybody
-    (``redispatch="same"``, the paper's rule, keeps the first ``max_in_flight`` clients the only
-    participants; ``"random"`` hands the freed slot to an idle client drawn at random). With ``staleness_weighting`` the mean is weighted by ``s(tau)`` taken at arrival (model
+    Re-dispatch: ``"same"`` hands the arriving client the new model at once (nobody waits for
+    anybody). Read literally with ``max_in_flight = K < clients``, that keeps the first K
+    clients drawn as the only participants for the whole run; ``"random"`` hands the freed slot
+    to an idle client drawn at random (the arriving one included), so every client takes part.
+    With the default ``max_in_flight`` (all clients) both rules are the same and no client is
+    ever idle. With ``staleness`` the mean is weighted by ``s(tau)`` taken at arrival (model
     variant: normalized by the weight sum; delta variant: by K, like FedBuff).
     """
 
@@ -363,7 +416,7 @@ class FedFa(Strategy):
 
     def select(self, ctx: ServerContext, arrived: int | None) -> list[int]:
         first = arrived if self.redispatch == "same" else None
-        return _fill(ctx, self.max_in_flight or self.K, first=first)
+        return _fill(ctx, self.max_in_flight or ctx.num_clients, first=first)
 
     def accept(self, update: Update, ctx: ServerContext) -> bool:
         if self.variant == "model":
@@ -390,13 +443,27 @@ class FedFa(Strategy):
             return cast_like(acc.mean(), ctx.state.params)
         return self.opt.step(ctx.state.params, acc.mean(denominator=self.K))
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "opt": self.opt.state_dict(),
+            "window": [{"client": c, "entry": copy_tensors(e), "weight": w} for c, e, w in self.window],
+            "fresh": self._fresh,
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.opt.load_state_dict(sd["opt"])
+        self.window.clear()
+        for item in sd["window"]:
+            self.window.append((int(item["client"]), copy_tensors(item["entry"]), float(item["weight"])))
+        self._fresh = bool(sd["fresh"])
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "K": self.K,
             "variant": self.variant,
             "staleness_weighting": self.s is not None,
-            "max_in_flight": self.max_in_flight or self.K,
+            "max_in_flight": self.max_in_flight,
             "redispatch": self.redispatch,
         }
 

@@ -1,7 +1,10 @@
 """The run summary, computed in one streaming pass over events (live or from a log file).
 
-Idle time: a client is idle from the moment its result arrives until the server dispatches it
-again (time with no work while the run goes on; FedFa claims zero). Wait time: from an accepted
+Idle time counts every available client over the whole run: a client is idle whenever it has no
+work (before its first dispatch, between its result and its next dispatch, after its last
+result, or never dispatched at all), so ``idle = clients x run time - time spent on dispatches``
+(FedFa claims zero). ``idle_between_dispatches_s`` is the narrower older measure: only the gaps
+from an arrival to the same client's next dispatch. Wait time: from an accepted
 arrival to the first global update after it (how long a result sits before it counts).
 """
 
@@ -23,6 +26,7 @@ class SummaryBuilder:
         self.staleness: Counter[int] = Counter()
         self._last_arrival: dict[int, float] = {}
         self._participants: set[int] = set()
+        self._out: dict[int, float] = {}  # client -> dispatch time of its work in flight
         self.idle_s = 0.0
         self.idle_gaps = 0
         self.busy_s = 0.0
@@ -51,6 +55,7 @@ class SummaryBuilder:
             self.dispatches += 1
             c = e["client"]
             self._participants.add(c)
+            self._out[c] = t
             self.bytes["down"] += e.get("bytes_down", 0)
             self.bytes["down_raw"] += e.get("raw_bytes_down", 0)
             if c in self._last_arrival:
@@ -59,6 +64,7 @@ class SummaryBuilder:
         elif kind == "arrival":
             self.arrivals += 1
             self._last_arrival[e["client"]] = t
+            self._out.pop(e["client"], None)
             self.busy_s += t - e.get("dispatched_at", t)
             self.bytes["up"] += e.get("bytes_up", 0)
             self.bytes["up_raw"] += e.get("raw_bytes_up", 0)
@@ -93,7 +99,9 @@ class SummaryBuilder:
         final = self.evals[-1] if self.evals else {}
         n_part = len(self._participants)
         stal_n = sum(self.staleness.values())
-        busy_idle = self.busy_s + self.idle_s
+        available = self.num_clients * self.sim_time
+        busy = self.busy_s + sum(self.sim_time - t0 for t0 in self._out.values())
+        idle = max(available - busy, 0.0)
         return {
             "strategy": self.strategy,
             "num_clients": self.num_clients,
@@ -123,9 +131,10 @@ class SummaryBuilder:
                 sum(k * v for k, v in self.staleness.items()) / stal_n if stal_n else None
             ),
             "staleness_max": max(self.staleness) if self.staleness else None,
-            "idle_time_total_s": self.idle_s,
-            "idle_time_per_client_s": self.idle_s / n_part if n_part else 0.0,
-            "idle_fraction": self.idle_s / busy_idle if busy_idle > 0 else 0.0,
+            "idle_time_total_s": idle,
+            "idle_time_per_client_s": idle / self.num_clients if self.num_clients else 0.0,
+            "idle_fraction": idle / available if available > 0 else 0.0,
+            "idle_between_dispatches_s": self.idle_s,
             "wait_time_mean_s": self.wait_s / self.waited if self.waited else 0.0,
             "client_encode_s": self.codec_s["client_encode_s"],
             "server_decode_s": self.codec_s["server_decode_s"],

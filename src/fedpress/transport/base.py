@@ -3,12 +3,22 @@
 The loop never learns what kind of clock a transport runs: it asks ``now()``, sends with
 ``dispatch`` and waits with ``next_event(deadline)``. A virtual-clock transport jumps its clock
 to the next event; a wall-clock (network) transport blocks until a message or the deadline.
+
+Dependencies point one way: the engine (``fedpress.fl``) imports this module; nothing in
+``fedpress.transport`` imports the engine.
+
+Keyframe contract (stateful uplink streams): when the server could not decode a client's uplink
+(a corrupted payload, or a lost/reordered one that the stream refuses), it calls
+``dispatch(..., keyframe=True)`` on that client's next dispatch. The transport must deliver the
+flag with the model, and the client must reset its uplink stream encoder *before* encoding its
+next update, so that update is a keyframe the server can decode from scratch.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 
 @dataclass
@@ -47,14 +57,47 @@ class Arrival:
     sim: dict[str, float] = field(default_factory=dict)
 
 
+class ClientLike(Protocol):
+    """A client as transports drive it (``fedpress.fl.client.ClientRunner`` is the real one)."""
+
+    def run(self, payload: bytes, version: int, keyframe: bool = False) -> ClientResult:
+        """Decode the model ``payload`` of global ``version``, train, return the encoded delta.
+
+        Parameters
+        ----------
+        payload : bytes
+            The encoded global model (the server's downlink stream for this client).
+        version : int
+            The global version the model is; echoed as ``ClientResult.base_version``.
+        keyframe : bool
+            Reset the uplink stream encoder before encoding, so the result is a keyframe.
+        """
+        ...
+
+
 class Transport(ABC):
+    """Moves encoded models to clients and their results back, on some clock."""
+
     @abstractmethod
     def now(self) -> float:
         """Current clock time in seconds since the run started."""
 
     @abstractmethod
-    def dispatch(self, client_id: int, payload: bytes, version: int) -> None:
-        """Send the encoded global model of ``version`` to a client to train on."""
+    def dispatch(self, client_id: int, payload: bytes, version: int, *, keyframe: bool = False) -> None:
+        """Send the encoded global model of ``version`` to a client to train on.
+
+        Parameters
+        ----------
+        client_id : int
+            The client; it must not be in flight already.
+        payload : bytes
+            The encoded global model.
+        version : int
+            Its global version (the client echoes it as ``base_version``).
+        keyframe : bool
+            The server could not follow this client's uplink stream: the client must reset its
+            uplink encoder before encoding, so its next payload is a keyframe.
+        """
 
     @abstractmethod
     def next_event(self, deadline: float | None = None) -> Arrival | None:
@@ -68,3 +111,13 @@ class Transport(ABC):
     def close(self) -> None:
         """Abandon work in flight and free resources."""
         return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to resume this transport exactly (arrays and plain types); transports whose
+        work in flight cannot be saved (network clients) raise ``NotImplementedError``, and a
+        restored server then re-dispatches."""
+        raise NotImplementedError(f"{type(self).__name__} cannot checkpoint work in flight")
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restore work in flight")

@@ -1,0 +1,1 @@
+"""MoE inference with compressed, offloaded experts, and the error-sensitivity study."""

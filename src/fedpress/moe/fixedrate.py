@@ -1,0 +1,208 @@
+"""A fixed-rate, error-bounded weight codec whose decoder is plain torch.
+
+Why a new mode: entropy-coded codecs (``fast``, ``sz3``) compress better, but their decoders run
+on the host, serially. Expert weights are decoded on every cache miss, on the compute device, so
+the decoder must be a few vectorised tensor ops: unpack ``b``-bit integers and scale them.
+
+Layout: the flattened tensor is cut into blocks of ``block`` elements; each block stores its
+minimum ``lo`` and step ``s`` (float32) and every element ``q = round((x - lo) / s)`` in ``b`` bits
+(the same ``b`` for the whole tensor, chosen as the smallest that meets the bound in every
+block). The reconstruction is ``q * s + lo`` in float32, computed the same way by the numpy
+encoder (which verifies the bound on it) and the torch decoder.
+
+Frame: ``u8 kind | u8 bits | u32 block | u64 n | f32 lo[nb] | f32 step[nb] | planes``; for
+``b <= 8`` one plane of ``b``-bit codes (8 codes in ``b`` bytes, little-endian), for ``b > 8`` a
+plane of the low bytes followed by a plane of the high ``b - 8`` bits.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import numpy as np
+
+from fedpress.codec.base import BoundedCodec, LayerState, check_dtype, check_finite, register_codec
+from fedpress.codec.errors import CodecError, PayloadError
+
+_HEAD = struct.Struct("<BBIQ")
+KIND = 7
+MAX_BITS = 16
+_EPS32 = float(np.finfo(np.float32).eps)
+
+
+def pack_plane(q: np.ndarray, k: int) -> bytes:
+    """Pack codes ``q`` (``len(q) % 8 == 0``, values < 2**k) into ``k`` bits each, little-endian."""
+    if k == 8:
+        return q.astype(np.uint8).tobytes()
+    bits = ((q[:, None].astype(np.uint16) >> np.arange(k, dtype=np.uint16)) & 1).astype(np.uint8)
+    return np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_plane_np(buf: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Inverse of ``pack_plane`` in numpy (the reference decoder)."""
+    if k == 8:
+        return buf[:n].astype(np.int64)
+    bits = np.unpackbits(buf, bitorder="little")[: n * k].reshape(n, k).astype(np.int64)
+    return (bits << np.arange(k, dtype=np.int64)).sum(axis=1)
+
+
+def unpack_plane_torch(buf: Any, n: int, k: int) -> Any:
+    """Inverse of ``pack_plane`` in torch, on ``buf``'s device: 8 codes share one int64 word."""
+    import torch
+
+    if k == 8:
+        return buf[:n].to(torch.int64)
+    groups = buf[: n // 8 * k].view(n // 8, k).to(torch.int64)
+    shifts = torch.arange(k, device=buf.device, dtype=torch.int64) * 8
+    word = (groups << shifts).sum(dim=1, keepdim=True)
+    out = (word >> (torch.arange(8, device=buf.device, dtype=torch.int64) * k)) & ((1 << k) - 1)
+    return out.reshape(-1)
+
+
+@register_codec
+class FixedRateCodec(BoundedCodec):
+    """Block-scaled uniform quantisation at a fixed bit width; ``|x - x_hat| <= bound`` holds.
+
+    Parameters
+    ----------
+    mode, eb:
+        The pointwise bound (``rel``: relative to the tensor's value range; ``abs``: absolute).
+    block:
+        Elements per scale block (two float32 per block: 64 / block bits of overhead per weight).
+    bits:
+        0 picks the smallest width that meets the bound; 1..16 forces one and fails with a clear
+        error when it cannot meet the bound.
+    """
+
+    name = "fixedrate"
+
+    def __init__(self, mode: str = "rel", eb: float = 1e-2, block: int = 128, bits: int = 0) -> None:
+        super().__init__(mode, eb)
+        if not (isinstance(block, int) and 8 <= block <= 1 << 20 and block % 8 == 0):
+            raise CodecError(f"fixedrate block must be a multiple of 8 in [8, 2**20], got {block!r}")
+        if not (isinstance(bits, int) and 0 <= bits <= MAX_BITS):
+            raise CodecError(f"fixedrate bits must be 0 (auto) or 1..{MAX_BITS}, got {bits!r}")
+        self.block, self.bits = block, bits
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "block": self.block, "bits": self.bits}
+
+    # ------------------------------------------------------------------ encode
+    def encode(self, x: np.ndarray, state: LayerState | None = None) -> bytes:
+        check_dtype(x)
+        check_finite(x)
+        flat = np.asarray(x, dtype=np.float32).reshape(-1)
+        n = flat.size
+        abs_eb = self.bound.absolute(flat) if n else 0.0
+        nb = max(1, math.ceil(n / self.block))
+        padded = np.empty(nb * self.block, dtype=np.float32)
+        padded[:n] = flat
+        padded[n:] = flat[-1] if n else 0.0
+        blocks = padded.reshape(nb, self.block)
+        lo = blocks.min(axis=1)
+        rng = blocks.max(axis=1).astype(np.float64) - lo
+        # float32 rounding of q * s + lo costs a few ulps of the largest magnitude: keep a margin
+        half = abs_eb - 4 * _EPS32 * float(np.abs(padded).max(initial=0.0))
+        need = int(rng.max(initial=0.0) > 0)
+        if need:
+            if half <= 0:
+                raise CodecError(
+                    f"fixedrate cannot hold an absolute bound of {abs_eb:.3g}: it is below float32 "
+                    "resolution for these weights"
+                )
+            need = max(1, math.ceil(math.log2(float(rng.max()) / (2 * half) + 1)))
+        bits = need if self.bits == 0 else self.bits
+        if bits > MAX_BITS or (self.bits and need > self.bits):
+            raise CodecError(
+                f"fixedrate cannot hold the bound {self.bound.mode} {self.bound.value:g} "
+                f"with {'at most ' + str(MAX_BITS) if self.bits == 0 else str(self.bits)} bits "
+                f"(needs {need})"
+            )
+        while True:
+            frame, recon = self._quantise(blocks, lo, rng, bits, n)
+            if not (np.abs(recon - flat) > abs_eb).any():
+                return frame
+            if bits >= MAX_BITS or self.bits:  # pragma: no cover - the margin above prevents it
+                raise CodecError("fixedrate could not meet its bound (float32 rounding)")
+            bits += 1
+
+    def _quantise(self, blocks, lo, rng, bits, n):
+        levels = (1 << bits) - 1 if bits else 1
+        step = (rng / levels).astype(np.float32) if bits else np.zeros_like(lo)
+        safe = np.where(step > 0, step, 1).astype(np.float32)
+        q = np.rint((blocks - lo[:, None]) / safe[:, None])
+        q = np.clip(q, 0, levels).astype(np.int64)
+        q[step == 0] = 0
+        recon = (q.astype(np.float32) * step[:, None] + lo[:, None]).reshape(-1)[:n]
+        flat_q = q.reshape(-1)
+        planes = b""
+        if bits > 8:
+            planes = pack_plane(flat_q & 0xFF, 8) + pack_plane(flat_q >> 8, bits - 8)
+        elif bits:
+            planes = pack_plane(flat_q, bits)
+        head = _HEAD.pack(KIND, bits, self.block, n)
+        return head + lo.astype("<f4").tobytes() + step.astype("<f4").tobytes() + planes, recon
+
+    # ------------------------------------------------------------------ decode
+    def decode(
+        self, frame: bytes, shape: tuple[int, ...], dtype: np.dtype, state: LayerState | None = None
+    ) -> np.ndarray:
+        """Reference decoder in numpy (the torch one, ``decode_torch``, is used at run time)."""
+        bits, block, n, lo, step, planes = parse_frame(frame, shape)
+        nb = lo.size
+        if bits:
+            q = _codes(np.frombuffer(planes, dtype=np.uint8), bits, n, block, unpack_plane_np)
+        else:
+            q = np.zeros(nb * block, dtype=np.int64)
+        recon = (q.reshape(nb, block).astype(np.float32) * step[:, None] + lo[:, None]).reshape(-1)
+        return recon[:n].reshape(shape).astype(np.dtype(dtype))
+
+
+def parse_frame(frame: bytes, shape: tuple[int, ...]):
+    """Check a frame's lengths against ``shape``; return its fields (``PayloadError`` if bad)."""
+    if len(frame) < _HEAD.size:
+        raise PayloadError("fixedrate frame is shorter than its header")
+    kind, bits, block, n = _HEAD.unpack_from(frame, 0)
+    if kind != KIND or bits > MAX_BITS or block == 0 or block % 8:
+        raise PayloadError("fixedrate frame header is malformed")
+    if n != math.prod(shape):
+        raise PayloadError(f"fixedrate frame holds {n} elements, the shape needs {math.prod(shape)}")
+    nb = max(1, math.ceil(n / block))
+    total = nb * block
+    plane = (total // 8 * min(bits, 8)) + (total // 8 * (bits - 8) if bits > 8 else 0)
+    if len(frame) != _HEAD.size + 8 * nb + plane:
+        raise PayloadError("fixedrate frame has the wrong length (truncated or corrupted)")
+    off = _HEAD.size
+    lo = np.frombuffer(frame, dtype="<f4", count=nb, offset=off)
+    step = np.frombuffer(frame, dtype="<f4", count=nb, offset=off + 4 * nb)
+    return bits, block, n, lo, step, memoryview(frame)[off + 8 * nb :]
+
+
+def _codes(buf, bits: int, n: int, block: int, unpack):
+    total = max(1, math.ceil(n / block)) * block
+    if bits <= 8:
+        return unpack(buf, total, bits)
+    low = unpack(buf[:total], total, 8)
+    high = unpack(buf[total:], total, bits - 8)
+    return low | (high << 8)
+
+
+def decode_torch(frame: bytes, shape: tuple[int, ...], device: Any = "cpu") -> Any:
+    """Decode a fixedrate frame with torch ops on ``device``: only the packed bytes are copied."""
+    import torch
+
+    bits, block, n, lo, step, planes = parse_frame(frame, shape)
+    dev = torch.device(device)
+    buf = torch.frombuffer(bytearray(planes), dtype=torch.uint8).to(dev, non_blocking=True) if len(
+        planes
+    ) else torch.empty(0, dtype=torch.uint8, device=dev)
+    lo_t = torch.from_numpy(lo.copy()).to(dev)
+    step_t = torch.from_numpy(step.copy()).to(dev)
+    nb = lo_t.numel()
+    q = _codes(buf, bits, n, block, unpack_plane_torch) if bits else torch.zeros(
+        nb * block, dtype=torch.int64, device=dev
+    )
+    recon = q.view(nb, block).to(torch.float32) * step_t[:, None] + lo_t[:, None]
+    return recon.reshape(-1)[:n].reshape(shape)

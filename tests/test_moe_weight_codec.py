@@ -1,0 +1,102 @@
+"""Weight codecs for experts: every bounded codec holds its bound, corruption is caught."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedpress.codec.errors import CodecError, PayloadError
+from fedpress.moe.fixedrate import FixedRateCodec, decode_torch
+from fedpress.moe.weight_codec import CodecSpec, decode_expert, encode_expert
+
+BOUNDED = ["fixedrate", "fast", "grad", "linear", "sz3", "zfp"]
+
+
+def expert_tensors(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "gate_up_proj": (rng.standard_normal((24, 40)) * 0.05).astype(np.float32),
+        "down_proj": (rng.laplace(size=(40, 12)) * 0.02).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+@pytest.mark.parametrize("mode,eb", [("rel", 1e-2), ("rel", 1e-4), ("abs", 3e-3)])
+def test_bounded_codecs_hold_their_bound(name: str, mode: str, eb: float) -> None:
+    spec = CodecSpec.parse(f"{name}:mode={mode},eb={eb}")
+    assert spec.bounded
+    tensors = expert_tensors()
+    decoded, _ = decode_expert(encode_expert(tensors, spec))
+    for key, x in tensors.items():
+        x64 = x.astype(np.float64)
+        bound = eb * (x64.max() - x64.min()) if mode == "rel" else eb  # independent of ErrorBound
+        err = np.abs(decoded[key].numpy().astype(np.float64) - x64)
+        assert err.max() <= bound * (1 + 1e-9), (key, err.max(), bound)
+
+
+@pytest.mark.parametrize("name", ["raw", "zstd"])
+def test_lossless_codecs_are_exact(name: str) -> None:
+    tensors = expert_tensors(1)
+    decoded, _ = decode_expert(encode_expert(tensors, CodecSpec.parse(name)))
+    for key, x in tensors.items():
+        assert np.array_equal(decoded[key].numpy(), x)
+
+
+def test_fp16_is_within_half_precision() -> None:
+    tensors = expert_tensors(2)
+    decoded, _ = decode_expert(encode_expert(tensors, CodecSpec.parse("fp16")))
+    for key, x in tensors.items():
+        assert np.array_equal(decoded[key].numpy(), x.astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("bits", [1, 3, 5, 7, 8, 9, 12, 16])
+def test_fixedrate_torch_unpacking_matches_a_plain_reference(bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    x = rng.uniform(-1, 1, size=(37, 29)).astype(np.float32)  # not a multiple of the block
+    codec = FixedRateCodec("rel", 0.9, block=64, bits=bits)
+    frame = codec.encode(x)
+    # reference: per-block min/step written out here, codes from a plain rounding
+    nb = -(-x.size // 64)
+    padded = np.concatenate([x.reshape(-1), np.full(nb * 64 - x.size, x.reshape(-1)[-1])])
+    blocks = padded.reshape(nb, 64)
+    lo = blocks.min(1)
+    step = ((blocks.max(1).astype(np.float64) - lo) / (2**bits - 1)).astype(np.float32)
+    q = np.clip(np.rint((blocks - lo[:, None]) / step[:, None]), 0, 2**bits - 1)
+    ref = (q.astype(np.float32) * step[:, None] + lo[:, None]).reshape(-1)[: x.size].reshape(x.shape)
+    got = decode_torch(frame, x.shape).numpy()
+    assert np.array_equal(got, ref)
+    assert len(frame) == 14 + nb * 8 + nb * 64 * bits // 8
+
+
+def test_fixedrate_constant_and_tiny_tensors() -> None:
+    for x in (np.full((3, 5), 0.25, np.float32), np.array([1.5], np.float32)):
+        frame = FixedRateCodec("rel", 1e-3).encode(x)
+        assert np.array_equal(decode_torch(frame, x.shape).numpy(), x)
+
+
+def test_flipped_byte_in_a_stored_expert_is_detected() -> None:
+    payload = bytearray(encode_expert(expert_tensors(), CodecSpec.parse("fixedrate:eb=0.01")))
+    for pos in (len(payload) - 5, len(payload) // 2, 20):
+        bad = bytearray(payload)
+        bad[pos] ^= 0x10
+        with pytest.raises(PayloadError):
+            decode_expert(bytes(bad))
+
+
+def test_bad_codec_specs_get_one_clear_error() -> None:
+    with pytest.raises(CodecError, match="unknown codec 'nope'"):
+        CodecSpec.parse("nope:eb=0.1")
+    with pytest.raises(CodecError, match="takes no parameter"):
+        CodecSpec.parse("raw:eb=0.1")
+    with pytest.raises(CodecError, match="cannot hold the bound"):
+        FixedRateCodec("abs", 1e-6, bits=2).encode(np.linspace(-1, 1, 64, dtype=np.float32))
+    with pytest.raises(CodecError, match="cannot hold"):
+        FixedRateCodec("abs", 1e-9).encode(np.linspace(-1, 1, 64, dtype=np.float32))
+
+
+def test_decode_runs_on_the_requested_device() -> None:
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    decoded, timing = decode_expert(encode_expert(expert_tensors(), CodecSpec.parse("fixedrate")), dev)
+    assert all(t.device.type == dev for t in decoded.values())
+    assert timing.device_bytes > 0
