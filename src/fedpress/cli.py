@@ -78,21 +78,13 @@ def _parse_value(text: str):
     return yaml.safe_load(text)
 
 
-def _accepts(func: object, name: str) -> bool:
-    import inspect
-
-    return name in inspect.signature(func).parameters  # type: ignore[arg-type]
-
-
 def cmd_compress(args: argparse.Namespace) -> int:
     from .cli_codec import compress
     from .codec.routing import Policy
 
-    nonfinite = "lossless" if args.nonfinite == "lossless" else "error"
-    policy = Policy.default(args.codec, small=args.small, nonfinite=nonfinite,
-                            **_codec_params(args))
-    kwargs = {"nonfinite": args.nonfinite} if _accepts(compress, "nonfinite") else {}
-    res = compress(Path(args.input), Path(args.output), policy, args.keyframe_interval, **kwargs)
+    policy = Policy.default(args.codec, small=args.small, **_codec_params(args))
+    res = compress(Path(args.input), Path(args.output), policy, args.keyframe_interval,
+                   nonfinite=args.nonfinite)
     print(f"{res['raw_bytes']} -> {res['encoded_bytes']} bytes, ratio {res['ratio']:.2f}")
     return 0
 
