@@ -1,5 +1,7 @@
 """Real processes on shaped links: the gRPC server and its clients in their own network
-namespaces, each client's link limited with ``tc netem`` (rate and one-way delay per direction).
+namespaces, each client's link limited with ``tc`` per direction: ``netem`` (rate and one-way
+delay) where the kernel has it, else ``tbf`` (rate only; the virtual clock then gets latency 0
+too, and the result file says which shaper ran).
 
 For every (uplink bandwidth, codec) it runs sync FedAvg with ``fedpress server`` / ``fedpress
 client`` and measures, per round: the real round time, the end-to-end communication time (the
@@ -112,7 +114,9 @@ def round_metrics(run_dir: Path, up_mbps: float, down_mbps: float, latency_s: fl
         }
         # the client's round trip from the moment it asked for work (a poll already waiting in
         # steady state) until its result was durable, plus the server's encode before dispatch
-        measured = e["t"] - e["dispatched_at"] - e.get("wall_fetch_wait_s", 0.0) + codec["server_encode_s"]
+        # and its decode after the arrival (both outside that interval)
+        measured = (e["t"] - e["dispatched_at"] - e.get("wall_fetch_wait_s", 0.0)
+                    + codec["server_encode_s"] + codec["server_decode_s"])
         profile = ClientProfile(e["client"], train / max(e["samples"], 1), up_mbps, down_mbps, latency_s)
         pred = round_trip(profile, bytes_down=e["bytes_down"], bytes_up=e["bytes_up"], samples=e["samples"],
                           decode_s=codec["decode_s"], encode_s=codec["encode_s"],
@@ -186,7 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", type=float, default=0.02, help="one-way delay per direction, s")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/grpc_shaped[_quick].json)")
     p.add_argument("--timeout", type=float, default=900, help="per run, seconds")
+    p.add_argument("--reanalyze", metavar="JSON", help="recompute the per-round numbers of a result "
+                   "file from its runs' event logs (no new runs)")
     args = p.parse_args(argv)
+    if args.reanalyze:
+        sys.path.insert(0, str(ROOT / "src"))
+        path = Path(args.reanalyze)
+        res = json.loads(path.read_text())
+        for c in res["cases"]:
+            run_dir = RESULTS / "tmp" / path.stem / f"{c['codec']}-{c['up_mbps']:g}mbit"
+            c.update(round_metrics(run_dir, c["up_mbps"], c["down_mbps"], res["setting"]["latency_s"]))
+        finish(res, path)
+        return 0
     why = unavailable()
     if why is not None:
         print(f"bench_grpc_shaped: skipped: {why}. It puts the server and each client in their own "
@@ -232,31 +247,36 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.monotonic()
                 print(f"[{bw:g} Mbit/s] {codec} ...", flush=True)
                 s = run_case(topo, config, over, run_dir, args.timeout)
-                m = round_metrics(run_dir, bw, down, args.latency)
+                m = round_metrics(run_dir, bw, down, topo.latency_s)
+                results["setting"].update(shaper=topo.shaper, latency_s=topo.latency_s)
                 case = {
                     "up_mbps": bw, "down_mbps": down, "codec": codec, "wall_s": time.monotonic() - t0,
                     "final_accuracy": s.get("final_accuracy"), "bytes_up": s["bytes_up"],
                     "bytes_down": s["bytes_down"], "wire_bytes": s["wire_bytes"], "link_bytes": s["link_bytes"],
                     "codec_wall_s": s["codec_wall_s"], **m,
                 }
-                case["codec_share"] = case["codec_s"] / case["comm_s"] if case["comm_s"] > 0 else None
-                case["pred_error"] = (m["comm_pred_s"] - m["comm_s"]) / m["comm_s"] if m["comm_s"] > 0 else None
-                case["trip_pred_error"] = (m["trip_pred_s"] - m["trip_s"]) / m["trip_s"] if m["trip_s"] > 0 else None
                 results["cases"].append(case)
                 print(f"  comm {m['comm_s']:.2f}s (virtual clock {m['comm_pred_s']:.2f}s), "
                       f"round {m['round_time_s']:.2f}s, acc {case['final_accuracy']}", flush=True)
-    for bw in bws:
-        ref = next((c for c in results["cases"] if c["up_mbps"] == bw and c["codec"] == "none"), None)
-        for c in results["cases"]:
-            if ref is not None and c["up_mbps"] == bw:
-                c["comm_reduction"] = 1 - c["comm_s"] / ref["comm_s"]
-                if c["final_accuracy"] is not None and ref["final_accuracy"] is not None:
-                    c["accuracy_delta_pt"] = 100 * (c["final_accuracy"] - ref["final_accuracy"])
     out.parent.mkdir(parents=True, exist_ok=True)
+    finish(results, out)
+    return 0
+
+
+def finish(results: dict[str, Any], out: Path) -> None:
+    """Derived columns (shares, prediction errors, savings against uncompressed), JSON, plot."""
+    for c in results["cases"]:
+        c["codec_share"] = c["codec_s"] / c["comm_s"] if c["comm_s"] > 0 else None
+        c["pred_error"] = (c["comm_pred_s"] - c["comm_s"]) / c["comm_s"] if c["comm_s"] > 0 else None
+        c["trip_pred_error"] = (c["trip_pred_s"] - c["trip_s"]) / c["trip_s"] if c["trip_s"] > 0 else None
+        ref = next((r for r in results["cases"] if r["up_mbps"] == c["up_mbps"] and r["codec"] == "none"), None)
+        if ref is not None:
+            c["comm_reduction"] = 1 - c["comm_s"] / ref["comm_s"]
+            if c["final_accuracy"] is not None and ref["final_accuracy"] is not None:
+                c["accuracy_delta_pt"] = 100 * (c["final_accuracy"] - ref["final_accuracy"])
     out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 One namespace for the server and one per client; client ``i`` reaches the server over its own
 veth pair (``10.80.<i>.2`` -> ``10.80.<i>.1``). Each direction is shaped with ``tc netem``
-(rate and one-way delay): the client end's egress is the uplink, the server end's egress the
-downlink. Nothing is routed outside these namespaces. Needs root, ``ip`` and ``tc``;
+(rate and one-way delay) where the kernel has it, else with ``tc tbf`` (rate only, no added
+delay): the client end's egress is the uplink, the server end's egress the downlink. Nothing is routed outside these namespaces. Needs root, ``ip`` and ``tc``;
 :func:`unavailable` says why not when it cannot run. Namespaces are always removed on exit.
 """
 
@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
 def _run(*cmd: str) -> str:
@@ -36,12 +35,27 @@ def unavailable() -> str | None:
     except RuntimeError as exc:
         return f"cannot create a network namespace ({exc})"
     try:
-        _run("ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms")
+        _run("ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "10mbit",
+             "burst", "16kb", "limit", "1mb")
     except RuntimeError as exc:
-        return f"tc netem does not work here ({exc})"
+        return f"tc tbf does not work here ({exc})"
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
     return None
+
+
+def netem_available() -> bool:
+    """Whether the kernel has ``sch_netem`` (delay emulation); without it links get a rate
+    limit only (``tbf``) and no added delay."""
+    name = f"fpprobe{os.getpid()}n"
+    try:
+        _run("ip", "netns", "add", name)
+        _run("ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms")
+        return True
+    except RuntimeError:
+        return False
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 @dataclass
@@ -55,6 +69,7 @@ class Topology:
     latency_s: float
     prefix: str = field(default_factory=lambda: f"fp{os.getpid() % 100000}")
     _made: list[str] = field(default_factory=list)
+    shaper: str = "netem"
 
     @property
     def server_ns(self) -> str:
@@ -68,6 +83,9 @@ class Topology:
         return f"10.80.{i}.1"
 
     def __enter__(self) -> Topology:
+        self.shaper = "netem" if netem_available() else "tbf"
+        if self.shaper == "tbf":
+            self.latency_s = 0.0  # no delay emulation without netem: the links add none
         try:
             self._up()
         except BaseException:
@@ -79,9 +97,14 @@ class Topology:
         self.close()
 
     def _shape(self, ns: str, dev: str, mbps: float) -> None:
-        delay_ms = self.latency_s * 1000
-        _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem",
-             "delay", f"{delay_ms:.3f}ms", "rate", f"{mbps}mbit", "limit", "100000")
+        tc = ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root"]
+        if self.shaper == "netem":
+            _run(*tc, "netem", "delay", f"{self.latency_s * 1000:.3f}ms", "rate", f"{mbps}mbit",
+                 "limit", "100000")
+            return
+        # token bucket: a burst of ~10 ms of traffic (at least 16 kB), a deep queue (no drops)
+        burst = max(16_000, int(mbps * 1e6 / 8 / 100))
+        _run(*tc, "tbf", "rate", f"{mbps}mbit", "burst", str(burst), "limit", str(max(4_000_000, 4 * burst)))
 
     def _up(self) -> None:
         s = self.server_ns
@@ -133,4 +156,4 @@ def leftover(prefix: str) -> list[str]:
     return [ln.split()[0] for ln in r.stdout.splitlines() if ln.startswith(prefix)]
 
 
-__all__ = ["Topology", "leftover", "unavailable", "Path"]
+__all__ = ["Topology", "leftover", "netem_available", "unavailable"]
