@@ -82,7 +82,12 @@ def _load_safetensors(path: Path) -> dict[str, object]:
     so the codec commands need neither torch nor a numpy bfloat16 type; every offset is checked.
     """
     try:
-        data = path.read_bytes()
+        # a writable buffer: the arrays below are views into it, and compiled kernels (numba)
+        # are specialised once for writable arrays, as they get them from everywhere else
+        with open(path, "rb") as f:
+            data = bytearray(os.fstat(f.fileno()).st_size)
+            if f.readinto(data) != len(data):
+                raise OSError("file changed while being read")
     except OSError as exc:
         raise CliError(f"{path}: cannot read safetensors ({exc.strerror or exc})") from None
     bad = f"{path}: cannot read safetensors"

@@ -4,6 +4,8 @@ from . import builtin as _builtin  # noqa: F401  (the built-in codecs register t
 from .base import Codec, available_codecs, get_codec, register_codec
 from .bound import ErrorBound
 from .errors import CodecError, NonFiniteError, PayloadError, StreamStateError
+from .limits import PayloadLimits
+from .wire import TensorEntry, read_manifest
 
 __all__ = [
     "Codec",
@@ -11,8 +13,11 @@ __all__ = [
     "ErrorBound",
     "NonFiniteError",
     "PayloadError",
+    "PayloadLimits",
     "StreamStateError",
+    "TensorEntry",
     "available_codecs",
     "get_codec",
+    "read_manifest",
     "register_codec",
 ]
