@@ -61,6 +61,49 @@ def accuracy_table(report: dict) -> None:
               f"| {r['mean_last3']:.4f} |")
 
 
+def bandwidth_table(d: dict) -> None:
+    """Per uplink codec: ratio, upload seconds at 1 Mbit/s, codec seconds, sim time per link."""
+    rows = d["rows"]
+    g = {(r["codec"], r["up_mbps"]): r for r in rows}
+    ups = sorted({r["up_mbps"] for r in rows})
+    base = g.get(("none", ups[0]))
+    speeds = d["setting"].get("codec_speed_mb_s") or {}
+    print(f"\n(timing {d['setting']['args']['timing']}, {d['setting']['rounds']} rounds; "
+          "throughputs MB/s enc/dec: "
+          + ", ".join(f"{c} {v['encode_mb_s']:.0f}/{v['decode_mb_s']:.0f}" for c, v in speeds.items())
+          + ")\n")
+    print(f"| uplink codec | ratio | upload s @{ups[0]:g} Mbit/s | codec s (summed) | "
+          + " | ".join(f"sim s @{u:g}" for u in ups) + " | final acc |")
+    print("|---|---|---|---|" + "---|" * len(ups) + "---|")
+    for c in dict.fromkeys(r["codec"] for r in rows):
+        r1 = g[(c, ups[0])]
+        less = f" ({100 * (1 - r1['upload_s_sum'] / base['upload_s_sum']):.1f}% less)" if base else ""
+        codec_s = r1["client_encode_s_sum"] + r1.get("decode_s_sum", r1.get("server_decode_s_sum", 0.0))
+        print(f"| `{c}` | {r1['compression_ratio_up'] or 1:.2f} | {r1['upload_s_sum']:.1f}{less} | "
+              f"{codec_s:.2f} | " + " | ".join(f"{g[(c, u)]['sim_time']:.2f}" for u in ups)
+              + f" | {r1['final_accuracy']:.3f} |")
+
+
+def fedfa_table(d: dict) -> None:
+    """Per setting and rule: time to target, speedups vs FedAvg and FedBuff, idle fraction."""
+    target = d["setting"]["args"]["target"]
+    runs = {(r["setting"], r["strategy"]): r for r in d["runs"]}
+    print(f"\n| setting | rule | time to {target:g} (sim s) | vs FedAvg | vs FedBuff | best acc "
+          "| idle fraction | clients taking part |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def x(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}x"
+
+    for setting, rows in d["summary"].items():
+        for rule, row in rows.items():
+            t, r = row["median_time_to_target"], runs[(setting, rule)]
+            print(f"| {setting} | {rule} | {'missed' if t is None else f'{t:.1f}'} | "
+                  f"{x(row['speedup_vs_fedavg'])} | {x(row.get('speedup_vs_fedbuff'))} | "
+                  f"{row['median_best_accuracy']:.3f} | {r['idle_fraction']:.2f} | "
+                  f"{r['participating_clients']} |")
+
+
 def main() -> None:
     grad = _load("grad.json")
     if grad:
@@ -69,7 +112,12 @@ def main() -> None:
         codec_tables(grad)
         ablation_tables(grad)
         accuracy_table(grad)
-    for name in ("fast_codec.json", "fl_strategies.json", "fl_bandwidth.json", "fl_scale.json"):
+    for name, table in (("fl_bandwidth.json", bandwidth_table), ("fl_fedfa_sweep.json", fedfa_table)):
+        data = _load(name)
+        if data:
+            print(f"\n## {name}: command `{data['command']}`, commit {data['git']['commit']}")
+            table(data)
+    for name in ("fast_codec.json", "fl_strategies.json", "fl_scale.json"):
         data = _load(name)
         if data:
             print(f"\n## {name}: command `{data.get('command') or data['machine'].get('command')}`")

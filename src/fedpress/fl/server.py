@@ -237,9 +237,13 @@ class Server:
 
     def _dispatch_all(self, clients: list[int]) -> None:
         for c in clients:
+            keyframe = c in self.needs_keyframe
+            if keyframe and c in self._down_encoders:
+                # a client out of sync one way may be out of sync both ways (a lost message,
+                # a reconnect): its model payload is a keyframe too
+                self._down_encoders[c].reset()
             payload, enc_s = self._model_payload(c)
             self.ctx.versions.acquire(self.version)
-            keyframe = c in self.needs_keyframe
             self.transport.dispatch(c, payload, self.version, keyframe=keyframe)
             self.needs_keyframe.discard(c)
             self.ctx.in_flight.add(c)
