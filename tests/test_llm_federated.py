@@ -3,12 +3,19 @@ adapter codecs, bad updates, local and global metrics, and the CLI."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("reasoning_gym")
+if importlib.util.find_spec("gensim") is None:  # the text files ship in gensim's test data
+    pytest.skip("gensim not installed (pip install 'fedpress[llm]')", allow_module_level=True)
 
 from fedpress.llm import simulation
 from fedpress.llm.cli import main as llm_main
