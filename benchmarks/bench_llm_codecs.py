@@ -1,6 +1,6 @@
 """Bytes per round of LoRA adapter updates with and without compression, and what it costs.
 
-Real adapter deltas: SmolLM2-135M with LoRA (config ``configs/llm_study_quick.yaml``: r=4 on q,v,
+Real adapter deltas: SmolLM2-135M with LoRA (config ``configs/llm_codecs.yaml``: r=4 on q,v,
 AdamW), 3 IID clients, two FedAvg rounds computed once. Every codec/bound then encodes the same
 round-1 and round-2 deltas through per-client streams (round 1 gives stateful codecs their
 context), the decoded round-2 deltas are averaged into the global adapter, and that adapter is
@@ -41,7 +41,7 @@ def weighted_mean(deltas, weights):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tiny", action="store_true", help="tiny in-code model (smoke test)")
-    ap.add_argument("--config", default=str(ROOT / "configs" / "llm_study_quick.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "llm_codecs.yaml"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-task", action="store_true", help="skip task accuracy (generation)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "llm_codecs.json"))
@@ -130,7 +130,7 @@ def main() -> int:
             for c_ in PER_TENSOR), flush=True)
 
     res = {"command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
-           "machine": machine_info(), "config": args.config, "tiny": args.tiny, "train_s": train_s,
+           "machine": machine_info(), "config": args.config, "config_resolved": cfg.model_dump(mode="json"), "tiny": args.tiny, "train_s": train_s,
            "clients": len(d2), "note": "GGUF weights were Q4_1 (4-bit) and come back as float32; "
            "every number carries that quantisation error already",
            "rows": rows, "per_tensor": per_tensor}

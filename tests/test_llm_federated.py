@@ -3,12 +3,19 @@ adapter codecs, bad updates, local and global metrics, and the CLI."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("reasoning_gym")
+if importlib.util.find_spec("gensim") is None:  # the text files ship in gensim's test data
+    pytest.skip("gensim not installed (pip install 'fedpress[llm]')", allow_module_level=True)
 
 from fedpress.llm import simulation
 from fedpress.llm.cli import main as llm_main
@@ -163,7 +170,7 @@ def test_cli_partition_writes_histograms(tmp_path):
     assert (out / "partition.png").stat().st_size > 1000
     assert len(rep["clients"]) == 3
     tok = sum(c["tokens"] for c in rep["clients"])
-    assert abs(tok - rep["total_tokens"]) <= 3 * 48
+    assert abs(tok - rep["total_tokens"]) <= 3 * rep["max_sample_tokens"]
     for c in rep["clients"]:
         assert sum(c["length_hist"]) == c["samples"] == sum(c["tier_hist"])
 

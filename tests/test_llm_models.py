@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
 from fedpress.llm import models
 from fedpress.llm.models import (
     ModelLoadError,

@@ -31,6 +31,9 @@ def test_table_averages_seeds():
 
 @pytest.mark.slow
 def test_tiny_study_end_to_end(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    pytest.importorskip("reasoning_gym")
     path = run_study(CFG, ["study.skews=[iid,length]", "study.alphas=[0.1]", "eval.local_task=false",
                            f"run.out_dir={tmp_path}"], out_dir=tmp_path / "s", progress=False)
     res = json.loads(path.read_text())

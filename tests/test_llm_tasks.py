@@ -6,6 +6,9 @@ import operator
 
 import pytest
 
+pytest.importorskip("transformers")
+pytest.importorskip("reasoning_gym")
+
 from fedpress.llm.models import tiny_causal_lm
 from fedpress.llm.tasks import (
     TASKS,

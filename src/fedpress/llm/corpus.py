@@ -1,7 +1,7 @@
 """The federated LM corpus: shipped text and task items, corrupted by tier, tokenised once.
 
 One corpus serves every skew of a study (only the partition changes). Each sample keeps its token
-ids (truncated to ``seq_len``), the index of its first scored token (task items score only the
+ids (text truncated to ``seq_len``; task items kept whole), the index of its first scored token (task items score only the
 answer), its source, its corruption tier and, for task items, the item. Tokenised ids are cached
 under ``~/.cache/fedpress/tokens/`` keyed by the tokenizer and the texts.
 """
@@ -148,7 +148,10 @@ def build_corpus(
         tiers = tiers[: len(src)]
     else:
         tiers = tiers[: len(texts)]
-    ids = [x[:seq_len] for x in tokenize_cached(tok, sample_texts, use_cache)]
+    # text is cut to seq_len; task items are kept whole (prompt + answer, about 70 tokens with
+    # SmolLM2's default system prompt): cutting them would drop the only scored tokens
+    ids = [x if s == "task" else x[:seq_len]
+           for x, s in zip(tokenize_cached(tok, sample_texts, use_cache), src, strict=True)]
     test_ids = [x[:seq_len] for x in tokenize_cached(tok, [t + eos for t in test_texts], use_cache)]
     starts_arr = np.minimum(np.asarray(starts, np.int64), [max(len(x) - 1, 0) for x in ids])
     return Corpus(ids, starts_arr, np.asarray(tiers, np.int64), src, items, test_ids, ev, shot)

@@ -109,7 +109,8 @@ def partition_report(cfg: LLMConfig, inputs: LLMInputs) -> dict[str, Any]:
         })
     return {
         "skew": d.skew, "alpha": d.alpha, "quality": d.quality, "total_tokens": d.total_tokens,
-        "length_bucket_edges": edges, "corruption_rates": list(d.rates), "clients": clients,
+        "length_bucket_edges": edges, "corruption_rates": list(d.rates),
+        "max_sample_tokens": int(lengths.max()), "clients": clients,
     }
 
 
