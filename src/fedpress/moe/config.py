@@ -89,6 +89,8 @@ class StudySection(Strict):
     selectors: list[str] = Field(default_factory=lambda: ["layer", "top1", "topk", "one", "group_top1"])
     topk: int = Field(4, ge=1)
     seed: int = 0
+    conditions: list[str] | None = Field(
+        None, description="run exactly these, as selector:layer-or-group:mode:p (e.g. top1:29:gauss:0.8)")
 
 
 class MoeConfig(Strict):
