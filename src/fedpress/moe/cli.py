@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="build: rebuild even if cached")
     p.add_argument("--max-minutes", type=float, default=None, help="study: stop after this long")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    args = p.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     cfg = load_moe_config(args.config, args.overrides)
     if args.command == "build":
         return cmd_build(cfg, args.force)

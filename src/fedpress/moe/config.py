@@ -79,6 +79,7 @@ class BenchSection(Strict):
     prompts: int = Field(4, ge=1)
     max_new_tokens: int = Field(24, ge=1)
     accuracy_items: int = Field(50, ge=0, description="items scored per codec (0: skip)")
+    lossless_accuracy: bool = Field(True, description="also score lossless codecs (bit-exact: = resident)")
 
 
 class StudySection(Strict):
