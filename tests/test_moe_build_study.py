@@ -24,7 +24,7 @@ def built():
                 p.normal_(0, 0.15)
     texts = lee_background()[:6]
     assert texts, "gensim's lee_background.cor ships with gensim"
-    recipe = BuildRecipe(experts=4, top_k=2, shared=16, logit_std=1e-5, router_steps=30, calib_tokens=256)
+    recipe = BuildRecipe(experts=4, top_k=2, route_k=None, shared=16, logit_std=1e-5, router_steps=30, calib_tokens=256)
     moe, report = build_moe(dense, tok, recipe, progress=lambda m: None, texts=texts)
     moe.config._experts_implementation = "eager"
     return dense, tok, moe, report

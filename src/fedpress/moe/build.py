@@ -36,11 +36,12 @@ class BuildRecipe:
     """How the dense MLPs become experts (the cache key of the built model)."""
 
     experts: int = 16
-    top_k: int = 4
+    top_k: int = 4  # the router is fitted to find each token's top_k experts
+    route_k: int | None = 8  # experts used per token at inference (None: top_k)
     shared: int = 384
     logit_std: float = 0.01
-    calib_tokens: int = 6000
-    router_steps: int = 300
+    calib_tokens: int = 2500
+    router_steps: int = 100
     seed: int = 0
 
     def key(self) -> str:
@@ -90,7 +91,7 @@ def collect_mlp_inputs(model: Any, tok: Any, texts: Sequence[str], max_len: int 
     try:
         for t in texts:
             ids = tok(t, return_tensors="pt", add_special_tokens=False, truncation=True, max_length=max_len)
-            model(**ids)
+            model.model(**ids)  # the MLP inputs only: no need for the LM head
     finally:
         for h in hooks:
             h.remove()
@@ -184,7 +185,7 @@ def moe_config(dense_cfg: Any, recipe: BuildRecipe) -> Any:
         tie_word_embeddings=dense_cfg.tie_word_embeddings, rope_parameters=dense_cfg.rope_parameters,
         moe_intermediate_size=(inter - recipe.shared) // recipe.experts,
         shared_expert_intermediate_size=recipe.shared, num_experts=recipe.experts,
-        num_experts_per_tok=recipe.top_k, norm_topk_prob=False, qkv_bias=False,
+        num_experts_per_tok=recipe.route_k or recipe.top_k, norm_topk_prob=False, qkv_bias=False,
         decoder_sparse_step=1, mlp_only_layers=[], use_sliding_window=False,
         bos_token_id=dense_cfg.bos_token_id, eos_token_id=dense_cfg.eos_token_id,
         pad_token_id=dense_cfg.pad_token_id, experts_implementation="eager",
@@ -196,6 +197,8 @@ def assemble(dense: Any, splits: list[LayerSplit], recipe: BuildRecipe) -> Any:
     """Copy the dense weights into a Qwen2-MoE built from ``moe_config``."""
     from transformers import Qwen2MoeForCausalLM
 
+    if (recipe.route_k or recipe.top_k) > recipe.experts or recipe.top_k > recipe.experts:
+        raise ValueError(f"top_k/route_k cannot exceed the {recipe.experts} experts")
     if (dense.config.intermediate_size - recipe.shared) % recipe.experts:
         raise ValueError("intermediate_size - shared must divide into the experts evenly")
     cfg = moe_config(dense.config, recipe)

@@ -28,7 +28,8 @@ def default_moe_dir(cfg: MoeConfig) -> Path:
     from .build import BuildRecipe
 
     recipe = BuildRecipe(**cfg.build.model_dump())
-    return cache_root() / f"smollm2-135m-moe-e{recipe.experts}k{recipe.top_k}-{recipe.key()}"
+    k = recipe.route_k or recipe.top_k
+    return cache_root() / f"smollm2-135m-moe-e{recipe.experts}k{k}-{recipe.key()}"
 
 
 def model_dir(cfg: MoeConfig) -> Path:
@@ -185,7 +186,7 @@ def cmd_bench(cfg: MoeConfig) -> int:
                for it in items[1:]]
     evaluate = evaluator(tok, cfg) if cfg.bench.accuracy_items else None
     res = run_bench(model, prompts, cfg.bench, Path(cfg.out) / "stores", evaluate, progress=_log)
-    res["decode_throughput"] = codec_throughput(find_moe_layers(model), cfg.bench.codecs)
+    res["decode_throughput"] = codec_throughput(find_moe_layers(model), cfg.bench.throughput_codecs)
     res["bar_25pct"] = bar_check(res, "25%")
     out = _save(cfg, "bench", res)
     plots = plot_bench(res, Path(cfg.out))
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="build: rebuild even if cached")
     p.add_argument("--max-minutes", type=float, default=None, help="study: stop after this long")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    args = p.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     cfg = load_moe_config(args.config, args.overrides)
     if args.command == "build":
         return cmd_build(cfg, args.force)

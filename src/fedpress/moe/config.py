@@ -19,11 +19,12 @@ class BuildSection(Strict):
     """The recipe of the default MoE derived from SmolLM2 (see ``moe.build``)."""
 
     experts: int = Field(16, ge=2)
-    top_k: int = Field(4, ge=1)
+    top_k: int = Field(4, ge=1, description="the router is fitted to each token's top_k experts")
+    route_k: int | None = Field(8, ge=1, description="experts per token at inference (null: top_k)")
     shared: int = Field(384, ge=0)
     logit_std: float = Field(0.01, gt=0)
-    calib_tokens: int = Field(6000, ge=256)
-    router_steps: int = Field(300, ge=0)
+    calib_tokens: int = Field(2500, ge=256)
+    router_steps: int = Field(100, ge=0)
     seed: int = 0
 
 
@@ -72,9 +73,13 @@ class BenchSection(Strict):
     budgets: list[str] = Field(default_factory=lambda: ["12.5%", "25%", "50%"])
     codecs: list[str] = Field(default_factory=lambda: ["raw", "fp16", "fixedrate:eb=0.01", "zstd", "sz3:eb=0.01"])
     policies: list[str] = Field(default_factory=lambda: ["lru", "lfu", "lru+prefetch"])
+    throughput_codecs: list[str] = Field(
+        default_factory=lambda: ["raw", "fp16", "zstd", "fixedrate:eb=0.01", "fast:eb=0.01", "sz3:eb=0.01",
+                                 "zfp:eb=0.01"])
     prompts: int = Field(4, ge=1)
     max_new_tokens: int = Field(24, ge=1)
     accuracy_items: int = Field(50, ge=0, description="items scored per codec (0: skip)")
+    lossless_accuracy: bool = Field(True, description="also score lossless codecs (bit-exact: = resident)")
 
 
 class StudySection(Strict):
@@ -85,13 +90,15 @@ class StudySection(Strict):
     selectors: list[str] = Field(default_factory=lambda: ["layer", "top1", "topk", "one", "group_top1"])
     topk: int = Field(4, ge=1)
     seed: int = 0
+    conditions: list[str] | None = Field(
+        None, description="run exactly these, as selector:layer-or-group:mode:p (e.g. top1:29:gauss:0.8)")
 
 
 class MoeConfig(Strict):
     model: str | None = Field(None, description="MoE model directory; null: the built default")
     dense: str | None = Field(None, description="dense model to compare (null: SmolLM2)")
     out: str = "runs/moe"
-    threads: int = Field(2, ge=1)
+    threads: int = Field(1, ge=1, description="torch threads (1: best on a shared machine)")
     build: BuildSection = Field(default_factory=BuildSection)
     offload: OffloadSection = Field(default_factory=OffloadSection)
     eval: EvalSection = Field(default_factory=EvalSection)

@@ -37,6 +37,8 @@ def study_layers(layers: list[MoeLayer], chosen: list[int] | None) -> list[int]:
 
 def plan_conditions(cfg: StudySection, layers: list[MoeLayer]) -> list[dict[str, Any]]:
     """The conditions, most informative first (the paper's headline: whole layers at the top p)."""
+    if cfg.conditions:
+        return [parse_condition(c) for c in cfg.conditions]
     chosen = study_layers(layers, cfg.layers)
     top = max(cfg.ps)
     out: list[dict[str, Any]] = []
@@ -67,6 +69,17 @@ def plan_conditions(cfg: StudySection, layers: list[MoeLayer]) -> list[dict[str,
     for g in ("shallow", "middle", "deep"):
         add("group_top1", "codec", top, group=g)
     return out
+
+
+def parse_condition(text: str) -> dict[str, Any]:
+    """``selector:layer-or-group:mode:p`` -> a condition dict (``ValueError`` if malformed)."""
+    try:
+        selector, where, mode, p = text.split(":")
+        group = where if where in ("shallow", "middle", "deep") else None
+        return {"selector": selector, "mode": mode, "p": float(p),
+                "layer": None if group else int(where), "group": group}
+    except ValueError:
+        raise ValueError(f"study condition {text!r} is not selector:layer-or-group:mode:p") from None
 
 
 def run_study(model: Any, tok: Any, cfg: StudySection, evaluate: Callable[[Any], dict[str, float]],
