@@ -174,7 +174,7 @@ def write_results(a, sizes, results, started, final: bool) -> Path:
     """Write the JSON (after every group, so a cut-short run keeps what it measured)."""
     from fedpress.bench.machine import machine_info
 
-    name = "ray_scale_quick" if a.quick else "ray_scale"
+    name = ("ray_scale_quick" if a.quick else "ray_scale") + (f"_{a.tag}" if a.tag else "")
     out = {
         "machine": {**machine_info(), "note": "2 cores shared with six other busy helpers"},
         "job": {"sizes": sizes, "samples_per_client": a.samples_per_client,
@@ -203,6 +203,7 @@ def main() -> int:
     p.add_argument("--samples-per-client", type=int, default=20)
     p.add_argument("--group-timeout", type=float, default=900)
     p.add_argument("--model", default="cnn", help=argparse.SUPPRESS)
+    p.add_argument("--tag", default="", help="suffix of the result files (extra runs)")
     a = p.parse_args()
     if a.quick:
         a.clients, a.rounds = "10", "2"
