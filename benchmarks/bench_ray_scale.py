@@ -122,24 +122,22 @@ def run_group(cmd: list[str], env: dict, timeout: float) -> list[dict]:
 
 
 def estimate_million(results: list[dict]) -> dict:
-    """Extrapolate a 1,000,000-client FedAvg round (every client once) from the Ray rows."""
+    """Inputs of the 1,000,000-client estimate (docs/scale-out.md), from the Ray rows: the loop's
+    update rate on this machine, core-seconds per update, and the memory growth per client of a
+    round where every client is in flight (mostly the results held until aggregation)."""
     rows = [r for r in results if r["engine"] == "ray" and r["updates"]]
-    if not rows:
-        return {}
     out = {}
     for model in sorted({r["model"] for r in rows}):
         rs = sorted((r for r in rows if r["model"] == model), key=lambda r: r["clients"])
         big = rs[-1]
         ups = big["updates"] / big["loop_s"]
-        # memory growth per client: slope between the smallest and largest runs
         slope = ((big["peak_mem_mb"] - rs[0]["peak_mem_mb"]) / (big["clients"] - rs[0]["clients"])
                  if len(rs) > 1 else 0.0)
         out[model] = {
-            "measured_updates_per_s_2cores": ups,
-            "hours_per_round_at_this_rate": 1e6 / ups / 3600,
-            "mem_mb_per_client": slope,
-            "driver_state_gb_for_1M": max(slope, 0.0) * 1e6 / 1024,
-            "cores_for_1_round_per_hour": 2 * 1e6 / ups / 3600,
+            "loop_updates_per_s_2_shared_cores": ups,
+            "core_s_per_update": 2 / ups,
+            "mem_mb_per_client_in_flight": slope,
+            "core_hours_per_million_updates": 2 * 1e6 / ups / 3600,
         }
     return out
 
