@@ -122,26 +122,70 @@ def run_group(cmd: list[str], env: dict, timeout: float) -> list[dict]:
 
 
 def estimate_million(results: list[dict]) -> dict:
-    """Extrapolate a 1,000,000-client FedAvg round (every client once) from the Ray rows."""
+    """Inputs of the 1,000,000-client estimate (docs/scale-out.md), from the Ray rows: the loop's
+    update rate on this machine, core-seconds per update, and the memory growth per client of a
+    round where every client is in flight (mostly the results held until aggregation)."""
     rows = [r for r in results if r["engine"] == "ray" and r["updates"]]
-    if not rows:
-        return {}
     out = {}
     for model in sorted({r["model"] for r in rows}):
         rs = sorted((r for r in rows if r["model"] == model), key=lambda r: r["clients"])
         big = rs[-1]
         ups = big["updates"] / big["loop_s"]
-        # memory growth per client: slope between the smallest and largest runs
         slope = ((big["peak_mem_mb"] - rs[0]["peak_mem_mb"]) / (big["clients"] - rs[0]["clients"])
                  if len(rs) > 1 else 0.0)
         out[model] = {
-            "measured_updates_per_s_2cores": ups,
-            "hours_per_round_at_this_rate": 1e6 / ups / 3600,
-            "mem_mb_per_client": slope,
-            "driver_state_gb_for_1M": max(slope, 0.0) * 1e6 / 1024,
-            "cores_for_1_round_per_hour": 2 * 1e6 / ups / 3600,
+            "loop_updates_per_s_2_shared_cores": ups,
+            "core_s_per_update": 2 / ups,
+            "mem_mb_per_client_in_flight": slope,
+            "core_hours_per_million_updates": 2 * 1e6 / ups / 3600,
         }
     return out
+
+
+def state_bytes_per_client(n: int = 5000) -> dict:
+    """Bytes of idle per-client state (tracemalloc): an actor's ``ClientRunner`` with its
+    stream encoder/decoder (raw codec, before any dispatch), the driver's uplink decoder and
+    profile. What a population costs before any client trains."""
+    import tracemalloc
+
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from fedpress.codec.stream import StreamDecoder
+    from fedpress.fl.client import ClientRunner, LocalTrainer, TrainSpec
+    from fedpress.fl.codec_adapter import CodecSpec
+    from fedpress.transport.sim import ClientProfile
+
+    trainer = LocalTrainer(nn.Linear(4, 2), torch.zeros(1, 4), torch.zeros(1, dtype=torch.long),
+                           TrainSpec())
+    idx = [np.arange(i * 60, i * 60 + 60, dtype=np.int64) for i in range(n)]
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    runners = [ClientRunner(i, trainer, idx[i], CodecSpec("none"), 0) for i in range(n)]
+    mid = tracemalloc.get_traced_memory()[0]
+    driver = [(StreamDecoder(), ClientProfile(i, 1e-3, 10.0, 50.0, 0.05)) for i in range(n)]
+    end = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del runners, driver
+    return {"actor_runner_bytes": (mid - base) / n, "driver_bytes": (end - mid) / n,
+            "clients_measured": n, "shard_indices": "60 int64 per client, included"}
+
+
+def markdown(results: list[dict]) -> str:
+    """The results as a Markdown table (for docs/readme/ray.md)."""
+    head = ("| engine | model | clients | updates | wall s | start-up s | loop s | train s (sum) "
+            "| updates/s (wall) | updates/s (loop) | peak MB |")
+    lines = [head, "|" + " --- |" * 11]
+    order = {"inprocess": 0, "ray": 1, "flower": 2}
+    for r in sorted(results, key=lambda r: (r["model"], r["clients"], order.get(r["engine"], 9))):
+        lines.append(
+            f"| {r['engine']} | {r['model']} | {r['clients']} | {r['updates']} | {r['wall_s']:.0f} "
+            f"| {r['startup_s']:.0f} | {r['loop_s']:.0f} | {r['train_s']:.0f} "
+            f"| {r['updates'] / r['wall_s']:.2f} | {r['updates'] / max(r['loop_s'], 1e-9):.2f} "
+            f"| {r['peak_mem_mb']:.0f} |"
+        )
+    return "\n".join(lines)
 
 
 def plot(results: list[dict], path: Path) -> Path | None:
@@ -174,7 +218,7 @@ def write_results(a, sizes, results, started, final: bool) -> Path:
     """Write the JSON (after every group, so a cut-short run keeps what it measured)."""
     from fedpress.bench.machine import machine_info
 
-    name = "ray_scale_quick" if a.quick else "ray_scale"
+    name = ("ray_scale_quick" if a.quick else "ray_scale") + (f"_{a.tag}" if a.tag else "")
     out = {
         "machine": {**machine_info(), "note": "2 cores shared with six other busy helpers"},
         "job": {"sizes": sizes, "samples_per_client": a.samples_per_client,
@@ -203,7 +247,22 @@ def main() -> int:
     p.add_argument("--samples-per-client", type=int, default=20)
     p.add_argument("--group-timeout", type=float, default=900)
     p.add_argument("--model", default="cnn", help=argparse.SUPPRESS)
+    p.add_argument("--tag", default="", help="suffix of the result files (extra runs)")
+    p.add_argument("--state-only", action="store_true", help="measure idle per-client state")
+    p.add_argument("--table", metavar="JSON", help="print a results file as Markdown and exit")
     a = p.parse_args()
+    if a.state_only:
+        sys.path.insert(0, str(ROOT / "src"))
+        from fedpress.bench.machine import machine_info
+
+        out = {"machine": machine_info(), "per_client_state": state_bytes_per_client()}
+        path = HERE / "results" / "ray_scale_state.json"
+        path.write_text(json.dumps(out, indent=2) + "\n")
+        print(json.dumps(out["per_client_state"]))
+        return 0
+    if a.table:
+        print(markdown(json.loads(Path(a.table).read_text())["results"]))
+        return 0
     if a.quick:
         a.clients, a.rounds = "10", "2"
     sizes = list(zip([int(v) for v in a.clients.split(",")], [int(v) for v in a.rounds.split(",")],

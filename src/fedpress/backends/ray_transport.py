@@ -72,6 +72,8 @@ def ensure_ray(sim: SimulationConfig) -> None:
     import ray
 
     if ray.is_initialized():
+        if sim.ray_address not in (None, "auto"):
+            _log.info("reusing the Ray instance of this process (ray_address %s)", sim.ray_address)
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kw: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
