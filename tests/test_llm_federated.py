@@ -198,3 +198,16 @@ def test_heterogeneous_ranks_run_with_stacking(shared, tmp_path):
     assert s["rejected"] == 0 and np.isfinite(s["global_metrics"]["loss"])
     with pytest.raises(Exception, match="client_ranks"):
         load_llm_config(CFG, ["model.client_ranks=[3]"])
+
+
+def test_token_nll_matches_transformers_loss(shared):
+    from fedpress.llm.train import collate, token_nll
+
+    c = shared.corpus
+    idx = [i for i, s in enumerate(c.source) if s == "task"][:2] + [0, 1]
+    batch = collate([c.ids[i] for i in idx], c.loss_start[idx], pad_id=0)
+    with torch.no_grad():
+        ours, n = token_nll(shared.model, batch)
+        ref = shared.model(**batch).loss  # transformers' own shifted, masked mean
+    assert n == int((batch["labels"][:, 1:] != -100).sum())
+    assert float(ours) / n == pytest.approx(float(ref), rel=1e-5)

@@ -50,9 +50,10 @@ def collate(seqs: Sequence[np.ndarray], starts: Sequence[int], pad_id: int) -> d
 def token_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token negative log-likelihood over scored labels, and their count."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logits = out.logits[:, :-1].float()
-    target = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+    logits = out.logits.float()
+    # shift the labels, not the logits: a view of the logits, no copy of batch x seq x vocab
+    target = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+    loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), target.reshape(-1),
                            ignore_index=-100, reduction="sum")
     return loss, int((target != -100).sum())
 
