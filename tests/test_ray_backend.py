@@ -82,6 +82,16 @@ def test_simulation_section_is_validated_with_its_key_path():
         load_config({"run": {"rounds": 1}}, ["simulation.ray_address=localhost:6379"])
 
 
+def test_missing_ray_is_a_one_line_config_error(monkeypatch):
+    import sys
+
+    from fedpress.backends.ray_transport import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(ValueError, match=r"needs Ray: pip install 'fedpress\[ray\]'"):
+        import_ray()
+
+
 # -- runs on a local Ray instance ----------------------------------------------------------
 
 ray = pytest.importorskip("ray")

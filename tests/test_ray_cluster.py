@@ -1,5 +1,6 @@
 """A real multi-process Ray cluster: a head node and a worker node started with the ``ray`` CLI,
-a short config run against it by address, the nodes stopped whatever happens.
+a short config run against it by address from a separate driver process (as a user would),
+the nodes stopped whatever happens.
 
 The nodes run as ``ray start --block`` children in their own process groups, and are stopped by
 signalling those groups: ``ray stop`` would stop every Ray node on the host, including ones
@@ -8,6 +9,7 @@ this test did not start.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,12 +21,37 @@ import time
 from pathlib import Path
 
 import pytest
-from test_fl_support import digits_inputs, quick_config
 
 ray = pytest.importorskip("ray")
 
 RAY_CLI = Path(sys.executable).parent / "ray"
 COMMON = ["--num-cpus=1", "--object-store-memory=80000000", "--disable-usage-stats", "--block"]
+
+
+DRIVER = """
+import json, sys, time
+import ray
+from test_fl_support import digits_inputs, quick_config
+from fedpress.fl.run import run_experiment
+import fedpress.backends.ray_transport as rt
+
+address = sys.argv[1]
+ray.init(address=address, logging_level="WARNING")
+end = time.monotonic() + 120
+while sum(1 for n in ray.nodes() if n["Alive"]) < 2:  # wait for the worker node
+    assert time.monotonic() < end, "the worker node did not join"
+    time.sleep(0.5)
+seen = {}
+close = rt.RayTransport.close
+def close_and_record(self):
+    seen.update(self.stats())
+    close(self)
+rt.RayTransport.close = close_and_record
+cfg = quick_config("fedavg", run__max_updates=8, strategy__clients_per_round=4,
+                   simulation__backend="ray", simulation__ray_address=address)
+s = run_experiment(cfg, run_dir=sys.argv[2], inputs=digits_inputs())
+print(json.dumps({**seen, "updates": s["updates"]}))
+"""
 
 
 def free_port() -> int:
@@ -98,44 +125,21 @@ def test_short_run_on_a_two_node_cluster_by_address(tmp_path, monkeypatch):
         wait_for(lambda: port_open(port) or nodes[0].poll() is not None, 120, "the head node")
         assert nodes[0].poll() is None, (tmp_path / "head.log").read_text()[-2000:]
         nodes.append(start_node([f"--address={address}"], tmp_path / "worker.log"))
-        cfg = quick_config(
-            "fedavg",
-            run__max_updates=8,
-            strategy__max_in_flight=4,
-            simulation__backend="ray",
-            simulation__ray_address=address,
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *filter(None, sys.path)])}
+        # the run is its own driver process, as a user's would be
+        driver = subprocess.run(
+            [sys.executable, "-c", DRIVER, address, str(tmp_path / "run")],
+            env=env, capture_output=True, text=True, timeout=300,
         )
-        from fedpress.fl.run import run_experiment
-
-        # the first connect makes ensure_ray() attach to this cluster, not start one
-        ray.init(address=address, logging_level="WARNING")
-
-        def two_nodes() -> bool:
-            return sum(1 for n in ray.nodes() if n["Alive"]) == 2
-
-        wait_for(two_nodes, 120, "the worker node to join")
-        seen = {}
-        import fedpress.backends.ray_transport as rt
-
-        close = rt.RayTransport.close
-
-        def close_and_record(self):
-            seen.update(self.stats())
-            close(self)
-
-        rt.RayTransport.close = close_and_record
-        try:
-            s = run_experiment(cfg, run_dir=tmp_path / "run", inputs=digits_inputs())
-        finally:
-            rt.RayTransport.close = close
-        assert s["updates"] == 8
+        assert driver.returncode == 0, driver.stderr[-3000:]
+        seen = json.loads(driver.stdout.strip().splitlines()[-1])
+        assert seen["updates"] == 8
         assert seen["actors"] == 2
         # one actor per node: both nodes did client work
         assert len({i["node"] for i in seen["actor_info"]}) == 2
         assert sum(i["clients"] for i in seen["actor_info"]) == 8
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
         for proc in reversed(nodes):
             stop_node(proc)
         shutil.rmtree(temp, ignore_errors=True)

@@ -67,9 +67,20 @@ def lower_bound(p: ClientProfile, bytes_down: int, samples: int) -> float:
     )
 
 
+def import_ray() -> Any:
+    """The ``ray`` module, or a one-line error saying how to get it (it is an optional extra)."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(
+            "simulation.backend=ray needs Ray: pip install 'fedpress[ray]' (or pip install ray)"
+        ) from None
+    return ray
+
+
 def ensure_ray(sim: SimulationConfig) -> None:
     """Connect to ``sim.ray_address``, or start a local instance; reuse one already running."""
-    import ray
+    ray = import_ray()
 
     if ray.is_initialized():
         if sim.ray_address not in (None, "auto"):
@@ -140,8 +151,7 @@ class RayTransport(Transport):
         timing: CodecClock | None = None,
         sim: SimulationConfig | None = None,
     ) -> None:
-        import ray
-
+        ray = import_ray()
         self.sim = sim or SimulationConfig(backend="ray")
         ensure_ray(self.sim)
         self._ray = ray
@@ -155,13 +165,15 @@ class RayTransport(Transport):
         y_ref = ray.put(np.ascontiguousarray(train_y))
         parts_ref = ray.put([np.asarray(p, dtype=np.int64) for p in parts])
         size = pool_size(self.sim, n, ray.cluster_resources())
-        actor_cls = ray.remote(ClientPool).options(
+        self._actor_cls = ray.remote(ClientPool).options(
             num_cpus=self.sim.num_cpus,
             num_gpus=self.sim.num_gpus,
             max_restarts=-1,  # a dead actor comes back (its clients are rebuilt from our account)
             max_task_retries=0,  # retries are ours: counted, and reported per config
         )
-        self.actors = [actor_cls.remote(recipe, x_ref, y_ref, parts_ref) for _ in range(size)]
+        self._recipe = recipe
+        self.actors = [self._actor_cls.remote(recipe, x_ref, y_ref, parts_ref) for _ in range(size)]
+        self._replaced = [0] * size  # actors given up by Ray and started anew
         self.pool_size = size
         self._data_refs = (x_ref, y_ref, parts_ref)  # kept: a restarted actor re-reads them
         self._rounds = [0] * n  # results each client has returned
@@ -182,6 +194,7 @@ class RayTransport(Transport):
             "failed": 0,
             "waits": 0,
             "probes_failed": 0,
+            "actors_replaced": 0,
         }
 
     @classmethod
@@ -303,14 +316,27 @@ class RayTransport(Transport):
         self._recovering[idx] = self.actors[idx].info.remote()
 
     def _on_probe(self, idx: int, ref: Any) -> None:
-        from ray.exceptions import RayActorError
+        from ray.exceptions import ActorUnavailableError, RayActorError
 
         del self._recovering[idx]
         try:
             self._ray.get(ref)
-        except RayActorError:
+        except ActorUnavailableError:
             self.counters["probes_failed"] += 1
             self._probe(idx)  # still restarting
+            return
+        except RayActorError as exc:
+            # dead for good (its node is gone, or Ray gave it up): start a new one in its place;
+            # one that cannot even start is a set-up error, not a client fault
+            if self._replaced[idx] >= 2:
+                raise RuntimeError(
+                    f"Ray actor {idx} of the client pool keeps dying and cannot be replaced: {exc}"
+                ) from None
+            self._replaced[idx] += 1
+            self.counters["actors_replaced"] += 1
+            _log.warning("actor %d is dead (%s); starting a new one", idx, type(exc).__name__)
+            self.actors[idx] = self._actor_cls.remote(self._recipe, *self._data_refs)
+            self._probe(idx)
             return
         for p in self._deferred.pop(idx, []):
             self._submit(p)
