@@ -138,7 +138,8 @@ def test_short_run_on_a_two_node_cluster_by_address(tmp_path, monkeypatch):
         assert seen["actors"] == 2
         # one actor per node: both nodes did client work
         assert len({i["node"] for i in seen["actor_info"]}) == 2
-        assert sum(i["clients"] for i in seen["actor_info"]) == 8
+        # 2 rounds of 4 sampled clients: 4 to 8 distinct clients hosted, each on one actor
+        assert 4 <= sum(i["clients"] for i in seen["actor_info"]) <= 8
     finally:
         for proc in reversed(nodes):
             stop_node(proc)
