@@ -17,11 +17,31 @@ def test_defaults_are_valid():
     assert cfg.strategy.name == "fedavg" and cfg.codec.name == "none" and cfg.run.rounds == 10
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+#: the LM and MoE configs have their own schemas (fedpress.llm.config, fedpress.moe.config)
+EXPERIMENT_CONFIGS = sorted(
+    p for p in CONFIGS.glob("*.yaml") if not p.name.startswith(("llm_", "moe_"))
+)
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_CONFIGS, ids=lambda p: p.name)
 def test_ready_configs_load_and_roundtrip(path):
     cfg = load_config(path)
     again = load_config(__import__("yaml").safe_load(dump_config(cfg)))
     assert again == cfg
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("llm_*.yaml")), ids=lambda p: p.name)
+def test_ready_llm_configs_load(path):
+    from fedpress.llm.config import load_llm_config
+
+    assert load_llm_config(path) is not None
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("moe_*.yaml")), ids=lambda p: p.name)
+def test_ready_moe_configs_load(path):
+    from fedpress.moe.config import load_moe_config
+
+    assert load_moe_config(path) is not None
 
 
 def test_all_ready_configs_exist():

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fedpress.fl.client import TrainSpec
+from fedpress.fl.client import TrainSpec, planned_samples
 from fedpress.transport.base import Arrival, ClientResult, Transport
 from fedpress.transport.sim import (
     ClientProfile,
@@ -44,17 +44,8 @@ _log = logging.getLogger(__name__)
 
 
 def samples_per_dispatch(num_indices: int, spec: TrainSpec) -> int:
-    """Training samples one dispatch processes on a shard of ``num_indices`` (what compute time
-    is charged for): whole epochs, or the first ``local_steps`` minibatches of repeated epochs,
-    whose sizes do not depend on the shuffle."""
-    n, bs = num_indices, spec.batch_size
-    if n == 0:
-        return 0
-    if spec.local_steps is None:
-        return spec.local_epochs * n
-    sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
-    full, rest = divmod(spec.local_steps, len(sizes))
-    return full * n + sum(sizes[:rest])
+    """Training samples one dispatch processes (the trainer's own count, known up front)."""
+    return planned_samples(num_indices, spec)
 
 
 def lower_bound(p: ClientProfile, bytes_down: int, samples: int) -> float:

@@ -107,6 +107,23 @@ class LocalTrainer:
         return delta, seen, {"train_loss": loss_sum / n, "train_accuracy": correct / n}
 
 
+def planned_samples(num_indices: int, spec: TrainSpec) -> int:
+    """Training samples one :meth:`LocalTrainer.train` call processes on a shard of
+    ``num_indices``, known before it runs (what compute time is charged for; a scheduler needs
+    it up front). Whole epochs, or the first ``local_steps`` minibatches of repeated epochs, whose
+    sizes do not depend on the shuffle; a one-sample remainder batch is skipped, as in training."""
+    n, bs = num_indices, spec.batch_size
+    if n == 0:
+        return 0
+    rest = n % bs
+    sizes = [bs] * (n // bs) + ([rest] if rest else [])
+    counted = [0 if (s == 1 and bs > 1 and n > 1) else s for s in sizes]
+    if spec.local_steps is None:
+        return spec.local_epochs * sum(counted)
+    full, part = divmod(spec.local_steps, len(sizes))
+    return full * sum(counted) + sum(counted[:part])
+
+
 #: ``hook(client_id, base_version, delta) -> delta to send``: sees every client delta
 #: (``w_after - w_before``) before encoding, e.g. to record traces or to perturb the uplink.
 UplinkHook = Callable[[int, int, Tensors], Tensors]
