@@ -41,7 +41,7 @@ UPLINKS = (1.0, 10.0, 100.0)
 
 
 def _run_one(job: dict[str, Any]) -> dict[str, Any]:
-    from fedpress.fl.run import run_experiment
+    from fedpress.experiment.run import run_experiment
     from fedpress.metrics.events import read_events
 
     t0 = time.perf_counter()

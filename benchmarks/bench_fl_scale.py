@@ -37,8 +37,8 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     from torch import nn
 
     from fedpress.config import load_config
-    from fedpress.fl.run import run_experiment
-    from fedpress.fl.simulation import SimulationInputs
+    from fedpress.experiment.build import SimulationInputs
+    from fedpress.experiment.run import run_experiment
 
     torch.set_num_threads(1)
     n, spc = job["clients"], job["samples"]

@@ -97,7 +97,7 @@ def overrides(a: argparse.Namespace, label: str, partition: str, seed: int) -> l
 
 
 def _run_one(job: dict[str, Any]) -> dict[str, Any]:
-    from fedpress.fl.run import run_experiment
+    from fedpress.experiment.run import run_experiment
 
     t0 = time.perf_counter()
     s = run_experiment(job["config"], job["overrides"], run_dir=job["run_dir"])

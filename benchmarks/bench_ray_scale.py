@@ -51,8 +51,8 @@ def fedpress_worker(engine: str, model: str, sizes: list[tuple[int, int]], per_c
     from bench_ray_memory import PeakMemory, now
 
     from fedpress.config import load_config
-    from fedpress.fl.run import prepare_inputs, torch_threads
-    from fedpress.fl.simulation import build_server
+    from fedpress.experiment.build import build_server
+    from fedpress.experiment.run import prepare_inputs, torch_threads
     from fedpress.metrics.events import EventLog
 
     torch.set_num_threads(1)

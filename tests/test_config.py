@@ -200,7 +200,7 @@ def test_dataset_model_and_stop_are_checked_up_front():
 
 
 def test_a_refused_config_leaves_no_run_directory(tmp_path):
-    from fedpress.fl.run import main_run
+    from fedpress.experiment.run import main_run
 
     for bad in (["codec.name=gradd"], ["strategy.alpha=0.1"], ["model.name=cnnn"]):
         rc = main_run([str(CONFIGS / "quick_digits.yaml"), *bad, f"run.out_dir={tmp_path}", "--quiet"])

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_fl_support import digits_inputs, quick_config
 
+from fedpress.experiment.build import build_server
 from fedpress.fl.checkpoint import join_arrays, split_arrays
-from fedpress.fl.simulation import build_server
 from fedpress.metrics.events import EventLog, strip_wall
 from fedpress.models import build_model
 

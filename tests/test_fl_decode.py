@@ -8,6 +8,7 @@ import pytest
 from test_fl_support import mlp_digits_inputs, quick_config
 
 from fedpress.codec.errors import PayloadError
+from fedpress.experiment.build import build_server
 from fedpress.fl.codec_adapter import (
     CodecSpec,
     accepted_codecs,
@@ -16,7 +17,6 @@ from fedpress.fl.codec_adapter import (
     make_encoder,
     model_limits,
 )
-from fedpress.fl.simulation import build_server
 from fedpress.transport.base import ClientResult
 
 RNG = np.random.default_rng(3)

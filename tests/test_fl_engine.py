@@ -10,10 +10,10 @@ import pytest
 from test_fl_support import digits_inputs, quick_config
 
 from fedpress.config import load_config
+from fedpress.experiment.build import build_server
+from fedpress.experiment.run import run_experiment
 from fedpress.fl.codec_adapter import pack_raw
 from fedpress.fl.profiles import ClientProfile, round_trip
-from fedpress.fl.run import run_experiment
-from fedpress.fl.simulation import build_server
 from fedpress.fl.timing import CodecSpeed, TimingModel
 from fedpress.metrics.events import EventLog, read_events, strip_wall
 from fedpress.transport.base import ClientResult

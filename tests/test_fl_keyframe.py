@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 from test_fl_support import digits_inputs, quick_config
 
-from fedpress.fl.simulation import build_server
+from fedpress.experiment.build import build_server
 from fedpress.metrics.events import EventLog
 from fedpress.models import build_model
 from fedpress.transport.base import ClientResult

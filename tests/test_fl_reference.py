@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from test_fl_support import digits_inputs, quick_config
 
+from fedpress.experiment.build import build_server
 from fedpress.fl.context import ServerContext
 from fedpress.fl.server_opt import make_server_optimizer
-from fedpress.fl.simulation import build_server
 from fedpress.fl.staleness import get_staleness
 from fedpress.fl.strategies import FedAsync, FedAvg, FedBuff, FedFa
 from fedpress.fl.types import GlobalState, Update

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_fl_support import digits_inputs, quick_config
 
-from fedpress.fl.run import main_plot, main_run, run_experiment
+from fedpress.experiment.run import main_plot, main_run, run_experiment
 from fedpress.metrics.plots import plot_compare
 
 QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick_digits.yaml"

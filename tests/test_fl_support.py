@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fedpress.config import load_config
-from fedpress.fl.simulation import SimulationInputs
+from fedpress.experiment.build import SimulationInputs
 
 # tiny per-client batches run many times slower with 2 threads on a loaded 2-core machine
 torch.set_num_threads(1)

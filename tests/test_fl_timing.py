@@ -8,8 +8,8 @@ import json
 import pytest
 from test_fl_support import mlp_digits_inputs, quick_config
 
+from fedpress.experiment.build import build_server
 from fedpress.fl.codec_adapter import CodecSpec
-from fedpress.fl.simulation import build_server
 from fedpress.fl.timing import CodecSpeed, _setting_key, codec_speed, machine_key
 from fedpress.metrics.events import EventLog
 

@@ -117,7 +117,7 @@ def certs(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_fedavg_over_tls_matches_simulation_and_refuses_an_impostor(tmp_path: Path, certs):
-    from fedpress.fl.run import run_experiment
+    from fedpress.experiment.run import run_experiment
     from fedpress.transport.grpc.auth import read_tokens, write_tokens
 
     over = [*FAST, "data.clients=2", "run.rounds=3"]

@@ -20,10 +20,10 @@ from torch import nn
 from fedpress.backends.config import SimulationConfig
 from fedpress.backends.ray_transport import lower_bound, pool_size, samples_per_dispatch
 from fedpress.config import ConfigError, load_config
+from fedpress.experiment.build import build_server
+from fedpress.experiment.run import torch_threads
 from fedpress.fl.client import LocalTrainer, TrainSpec
 from fedpress.fl.params import get_params
-from fedpress.fl.run import torch_threads
-from fedpress.fl.simulation import build_server
 from fedpress.metrics.events import EventLog, strip_wall
 from fedpress.transport.sim import ClientProfile, round_trip
 

@@ -32,7 +32,7 @@ DRIVER = """
 import json, sys, time
 import ray
 from test_fl_support import digits_inputs, quick_config
-from fedpress.fl.run import run_experiment
+from fedpress.experiment.run import run_experiment
 import fedpress.backends.ray_transport as rt
 
 address = sys.argv[1]

@@ -26,7 +26,7 @@ TAB_BLUE, TAB_ORANGE = (31, 119, 180), (255, 127, 14)  # matplotlib's first two 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two real runs of the tiny digits config: FedAvg uncompressed, FedBuff with `linear`."""
-    from fedpress.fl.run import run_experiment
+    from fedpress.experiment.run import run_experiment
 
     root = tmp_path_factory.mktemp("runs")
     out = []

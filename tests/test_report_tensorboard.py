@@ -58,7 +58,7 @@ def test_tensorboard_needs_a_path() -> None:
 
 
 def test_enabled_from_the_config(tmp_path: Path) -> None:
-    from fedpress.fl.run import run_experiment
+    from fedpress.experiment.run import run_experiment
 
     run_dir = tmp_path / "run"
     run_experiment(CONFIG, ["run.tensorboard=true", "run.max_updates=10", "run.plots=false"],
@@ -74,7 +74,7 @@ def test_enabled_from_the_config(tmp_path: Path) -> None:
 
 
 def test_off_by_default(tmp_path: Path) -> None:
-    from fedpress.fl.run import run_experiment
+    from fedpress.experiment.run import run_experiment
 
     run_experiment(CONFIG, ["run.max_updates=5", "run.plots=false"], run_dir=tmp_path)
     assert not list(tmp_path.glob("events.out.tfevents.*"))

@@ -127,8 +127,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 #: subcommands that parse their own arguments: name -> (module, function, help)
 DELEGATED = {
     "record-traces": (".traces", "main_record", "record real FL pseudo-gradient traces"),
-    "run": (".fl.run", "main_run", "run a federated experiment from a config"),
-    "plot": (".fl.run", "main_plot", "redraw the plots of a run directory"),
+    "run": (".experiment.run", "main_run", "run a federated experiment from a config"),
+    "plot": (".experiment.run", "main_plot", "redraw the plots of a run directory"),
     "server": (".deploy.server", "main_server", "serve a federated run over gRPC"),
     "client": (".deploy.client", "main_client", "join a gRPC federated run as one client"),
     "launch": (".deploy.launch", "main_launch", "a gRPC server and N clients on this machine"),

@@ -39,7 +39,7 @@ def demo_config(codec: str, quick: bool) -> dict[str, Any]:
 
 
 def run_demo(out: Path, quick: bool = False) -> dict[str, dict]:
-    from .fl.run import run_experiment
+    from .experiment.run import run_experiment
 
     results = {}
     for label, codec in CODECS:

@@ -205,8 +205,8 @@ def experiment_config(cfg: TraceConfig, threads: int) -> Any:
 
 def _record(cfg: TraceConfig, out: Path, uplink: Uplink | None, progress: bool,
             threads: int) -> dict:
-    from .fl.run import torch_threads
-    from .fl.simulation import SimulationInputs, build_server
+    from .experiment.build import SimulationInputs, build_server
+    from .experiment.run import torch_threads
     from .fl.types import Tensors, from_pseudo_gradient, to_pseudo_gradient
     from .metrics.events import EVENTS_FILE, EventLog, read_events
 

@@ -1,7 +1,7 @@
 """``fedpress client``: one federated client process, serving the server's tasks over gRPC.
 
 Its data shard and its trainer come from the same builders as a simulation of the same config
-(``fedpress.fl.run.prepare_inputs`` partitions the data with the run's seed; the simulated
+(``fedpress.experiment.run.prepare_inputs`` partitions the data with the run's seed; the simulated
 federation's client factory builds the runner), selected by ``--id``.
 """
 
@@ -37,8 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_runner(cfg: Any, client_id: int) -> Any:
     """The client runner a simulation of ``cfg`` would use for ``client_id``."""
-    from fedpress.fl.run import prepare_inputs
-    from fedpress.fl.simulation import build_server
+    from fedpress.experiment.build import build_server
+    from fedpress.experiment.run import prepare_inputs
 
     if not 0 <= client_id < cfg.data.clients:
         raise ValueError(f"--id {client_id} is outside 0..{cfg.data.clients - 1} (data.clients)")
@@ -63,7 +63,7 @@ def main_client(argv: list[str] | None = None) -> int:
                         format=f"[client {args.id}] %(message)s", stream=sys.stderr)
     from fedpress.codec.errors import CodecError
     from fedpress.config import ConfigError
-    from fedpress.fl.run import torch_threads
+    from fedpress.experiment.run import torch_threads
     from fedpress.transport.grpc import GrpcClient, RefusedError
     from fedpress.transport.grpc.auth import channel_credentials, read_token
 

@@ -1,6 +1,6 @@
 """``fedpress server``: the one server loop (``fedpress.fl.server.Server``) over gRPC.
 
-The server is built exactly as ``fedpress run`` builds it (``fedpress.fl.simulation.build_server``
+The server is built exactly as ``fedpress run`` builds it (``fedpress.experiment.build.build_server``
 from the same config), then its transport is swapped for a :class:`GrpcTransport`: clients are
 other processes. With ``--checkpoint-dir`` the loop's state is checkpointed atomically between
 events and uploads are journaled before they are acknowledged; starting the same command again
@@ -109,8 +109,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build(cfg: ExperimentConfig, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Run the server loop to its end; returns the summary."""
-    from fedpress.fl.run import prepare_inputs, torch_threads
-    from fedpress.fl.simulation import build_server
+    from fedpress.experiment.build import build_server
+    from fedpress.experiment.run import prepare_inputs, torch_threads
 
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
     ckpt_path = ckpt_dir / CHECKPOINT_FILE if ckpt_dir else None

@@ -7,7 +7,7 @@ import sys
 
 
 def _progress(cfg):  # the same tqdm bar as ``fedpress run``
-    from fedpress.fl.run import _progress_bar
+    from fedpress.experiment.run import _progress_bar
 
     return _progress_bar(cfg)
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from fedpress.bench.machine import machine_info
-from fedpress.fl.run import SUMMARY_FILE, torch_threads
+from fedpress.experiment.run import SUMMARY_FILE, torch_threads
 from fedpress.metrics.events import EVENTS_FILE, EventLog, read_events
 
 from .config import LLMConfig, dump_llm_config, load_llm_config

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from fedpress.experiment.build import codec_spec
 from fedpress.fl.client import ClientRunner
 from fedpress.fl.profiles import TimingModel, make_profiles
 from fedpress.fl.server import Server, StopRule
-from fedpress.fl.simulation import codec_spec
 from fedpress.fl.strategies import build_strategy
 from fedpress.fl.types import Tensors
 from fedpress.metrics.events import EventLog

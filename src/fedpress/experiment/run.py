@@ -18,7 +18,7 @@ from fedpress.config import ConfigError, ExperimentConfig, dump_config, load_con
 from fedpress.metrics.events import EVENTS_FILE, EventLog, read_events
 from fedpress.metrics.summary import summarize
 
-from .simulation import SimulationInputs, build_server
+from .build import SimulationInputs, build_server
 
 SUMMARY_FILE = "summary.json"
 

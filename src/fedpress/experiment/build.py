@@ -11,18 +11,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedpress.fl.client import ClientRunner, LocalTrainer, TrainSpec, UplinkHook
+from fedpress.fl.codec_adapter import CodecSpec
+from fedpress.fl.evaluate import Evaluator
+from fedpress.fl.params import get_params
+from fedpress.fl.profiles import make_profiles
+from fedpress.fl.server import Server, StopRule
+from fedpress.fl.strategies import build_strategy
+from fedpress.fl.timing import TimingModel
 from fedpress.metrics.events import EventLog
 from fedpress.transport.base import Transport
 from fedpress.transport.inprocess import InProcessTransport
-
-from .client import ClientRunner, LocalTrainer, TrainSpec, UplinkHook
-from .codec_adapter import CodecSpec
-from .evaluate import Evaluator
-from .params import get_params
-from .profiles import make_profiles
-from .server import Server, StopRule
-from .strategies import build_strategy
-from .timing import TimingModel
 
 
 @dataclass
