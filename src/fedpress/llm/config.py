@@ -14,6 +14,7 @@ from fedpress.config import (
     ClientsConfig,
     CodecConfig,
     ConfigError,
+    FedAvgConfig,
     RunConfig,
     StrategyConfig,
     Strict,
@@ -85,7 +86,7 @@ class LLMConfig(Strict):
     data: LMDataConfig = Field(default_factory=LMDataConfig)
     train: LMTrainConfig = Field(default_factory=LMTrainConfig)
     eval: LMEvalConfig = Field(default_factory=LMEvalConfig)
-    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    strategy: StrategyConfig = Field(default_factory=FedAvgConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     run: RunConfig = Field(default_factory=lambda: RunConfig(rounds=3, out_dir="runs/llm"))
@@ -95,7 +96,7 @@ class LLMConfig(Strict):
     def _cross_checks(self) -> LLMConfig:
         s, n = self.strategy, self.data.clients
         for key in ("max_in_flight", "clients_per_round", "min_responses"):
-            v = getattr(s, key)
+            v = getattr(s, key, None)  # each strategy's section has only its own keys
             if v is not None and v > n:
                 raise ValueError(f"strategy.{key}={v} exceeds data.clients={n}")
         m = self.model

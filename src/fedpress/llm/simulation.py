@@ -170,7 +170,9 @@ def build_llm_server(cfg: LLMConfig, inp: LLMInputs, log: EventLog | None = None
         runner.encoder = adapter_encoder(uplink, f"c{cid}/up")  # routing rules that fit A and B
         return runner
 
-    timing = TimingModel(cfg.clients.timing, cfg.clients.codec_mb_per_s)
+    timing = TimingModel.for_links(
+        cfg.clients.timing, uplink, codec_spec(cfg.codec.downlink), cfg.clients.codec_mb_per_s
+    )
     transport = InProcessTransport(client, make_profiles(n, cfg.clients, seed), timing)
     strategy = AdapterStrategy(build_strategy(cfg.strategy, n), cfg.model.aggregation,
                                cfg.model.alpha / cfg.model.rank, cfg.model.rank, fixed)
