@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         clients, rounds = args.clients or 1, args.rounds or 2
         base = ["run.max_updates=null"]
     else:
-        config, model = str(ROOT / "configs" / "grpc_cnn_fedavg.yaml"), "cnn-mnist"
+        config, model = str(ROOT / "configs" / "grpc_cnn_fedavg.yaml"), "cnn-fedavg-mnist"
         bws, codecs = [1.0, 10.0, 100.0], ["none", "grad", "fast", "sz3"]
         clients, rounds = args.clients or 2, args.rounds or 4
         base = []
