@@ -185,7 +185,10 @@ def cmd_bench(cfg: MoeConfig) -> int:
     prompts = [tok(build_prompt(tok, it, items[0]), return_tensors="pt", add_special_tokens=False)["input_ids"]
                for it in items[1:]]
     evaluate = evaluator(tok, cfg) if cfg.bench.accuracy_items else None
-    res = run_bench(model, prompts, cfg.bench, Path(cfg.out) / "stores", evaluate, progress=_log)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fedpress-moe-stores-") as stores:  # memory-mapped stores
+        res = run_bench(model, prompts, cfg.bench, Path(stores), evaluate, progress=_log)
     res["decode_throughput"] = codec_throughput(find_moe_layers(model), cfg.bench.throughput_codecs)
     res["bar_25pct"] = bar_check(res, "25%")
     out = _save(cfg, "bench", res)

@@ -78,7 +78,7 @@ class BenchSection(Strict):
                                  "zfp:eb=0.01"])
     prompts: int = Field(4, ge=1)
     max_new_tokens: int = Field(24, ge=1)
-    accuracy_items: int = Field(50, ge=0, description="items scored per codec (0: skip)")
+    accuracy_items: int = Field(50, ge=0, description="0: skip scoring codecs; else eval.items are scored")
     lossless_accuracy: bool = Field(True, description="also score lossless codecs (bit-exact: = resident)")
 
 
