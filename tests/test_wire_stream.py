@@ -537,7 +537,9 @@ def test_keyframe_interval() -> None:
 
 
 def test_keyframe_frames_carry_no_temporal_context() -> None:
-    enc = make_stream(keyframe_interval=2)
+    # the per-tensor fallback off, so every non-keyframe does use the temporal context
+    policy = Policy.default("grad", mode="rel", eb=1e-2, context_fallback=False)
+    enc = make_stream(policy, keyframe_interval=2)
     for i, t in enumerate(rounds_of(n=4)):
         env = unpack(enc.encode(t))
         frame = env.frames[[e.name for e in env.tensors].index("conv.weight")]

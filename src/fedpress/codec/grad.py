@@ -62,11 +62,17 @@ from .quantizer import dequantize, quantize
 
 F_TEMPORAL, F_KSIGN, F_PREDICT, F_SCALES, F_SIGNBASIS = 1, 2, 4, 8, 16
 _ALL_FLAGS = F_TEMPORAL | F_KSIGN | F_PREDICT | F_SCALES | F_SIGNBASIS
+#: the flags that only change how codes are entropy-coded (never the codes themselves)
+_CONTEXT_FLAGS = F_TEMPORAL | F_KSIGN | F_SCALES | F_SIGNBASIS
 
 
 @register_codec
 class GradCodec(BoundedCodec):
-    """Gradient-aware EBLC: temporal and kernel-sign contexts, optional EMA predictor."""
+    """Gradient-aware EBLC: temporal and kernel-sign contexts, optional EMA predictor.
+
+    With ``context_fallback`` (the default) each tensor is also coded without contexts and the
+    smaller section is sent, so no tensor costs more than its context-free mode (ablations set it
+    to False to measure one context alone)."""
 
     name = "grad"
     stateful = True
@@ -82,6 +88,7 @@ class GradCodec(BoundedCodec):
         predictor: str = "none",
         ema_alpha: float = 0.07,
         kernel_tau: float = 0.5,
+        context_fallback: bool = True,
     ) -> None:
         super().__init__(mode, eb)
         if predictor not in ("none", *SIGN_MODELS):
@@ -95,6 +102,7 @@ class GradCodec(BoundedCodec):
         self.predictor = predictor
         self.ema_alpha = float(ema_alpha)
         self.kernel_tau = float(kernel_tau)
+        self.context_fallback = bool(context_fallback)
 
     def params(self) -> dict[str, Any]:
         return {
@@ -106,6 +114,7 @@ class GradCodec(BoundedCodec):
             "predictor": self.predictor,
             "ema_alpha": self.ema_alpha,
             "kernel_tau": self.kernel_tau,
+            "context_fallback": self.context_fallback,
         }
 
     # ------------------------------------------------------------------ encode
@@ -138,26 +147,19 @@ class GradCodec(BoundedCodec):
                 x, prev, state.get("memory"), self.predictor, self.ema_alpha, self.kernel_tau
             )
         q = quantize(x, abs_eb, pred)
-        ans = AnsWriter()
-        temporal = prev if flags & F_TEMPORAL else None
-        if flags & F_SCALES:
-            scales, ctx, n_ctx = _choose_contexts(q.codes, shape, abs_eb, temporal)
-        else:
-            scales, (ctx, n_ctx) = None, magnitude_contexts(shape, abs_eb, None, temporal)
-        if scales is None:
-            flags &= ~F_SCALES
-        else:
-            write_scales(ans, scales)
-        write_magnitudes(ans, np.abs(q.codes), ctx, n_ctx)
-        if flags & F_KSIGN:
-            write_kernel_signs(ans, q.codes, shape, basis=bool(flags & F_SIGNBASIS))
-        else:
-            write_signs(ans, q.codes)
+        flags, section = _code_section(q.codes, shape, abs_eb, prev, flags)
+        if self.context_fallback and flags & _CONTEXT_FLAGS:
+            # contexts are adaptive side information: on near-i.i.d. tensors (e.g. Adam-trained
+            # LoRA factors) they can cost more than they save, so no tensor is ever coded worse
+            # than the context-free mode of the same codes (the decoder reads the flags)
+            plain_flags, plain = _code_section(q.codes, shape, abs_eb, prev, flags & ~_CONTEXT_FLAGS)
+            if len(plain) < len(section):
+                flags, section = plain_flags, plain
         w = FrameWriter()
         w.pack("BdB", KIND_QUANTIZED, abs_eb, flags)
         if side is not None:
             write_side(w, side)
-        w.checked_section(ans.finish())
+        w.checked_section(section)
         write_verbatim(w, q.verbatim_index, q.verbatim_value)
         memory = side.memory if side is not None else state.get("memory")
         _remember(state, q.recon, shape, memory)
@@ -254,3 +256,26 @@ def _remember(state: LayerState, recon: np.ndarray, shape: tuple[int, ...], memo
         state.pop("memory", None)
     else:
         state["memory"] = memory
+
+
+def _code_section(
+    codes: np.ndarray, shape: tuple[int, ...], abs_eb: float, prev: np.ndarray | None, flags: int
+) -> tuple[int, bytes]:
+    """Entropy-code quantization codes with the contexts ``flags`` asks for; returns the flags
+    actually used (channel scales are dropped where they do not pay) and the section bytes."""
+    ans = AnsWriter()
+    temporal = prev if flags & F_TEMPORAL else None
+    if flags & F_SCALES:
+        scales, ctx, n_ctx = _choose_contexts(codes, shape, abs_eb, temporal)
+    else:
+        scales, (ctx, n_ctx) = None, magnitude_contexts(shape, abs_eb, None, temporal)
+    if scales is None:
+        flags &= ~F_SCALES
+    else:
+        write_scales(ans, scales)
+    write_magnitudes(ans, np.abs(codes), ctx, n_ctx)
+    if flags & F_KSIGN:
+        write_kernel_signs(ans, codes, shape, basis=bool(flags & F_SIGNBASIS))
+    else:
+        write_signs(ans, codes)
+    return flags, ans.finish()
