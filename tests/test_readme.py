@@ -56,7 +56,7 @@ def _subcommands() -> set[str]:
 def test_shown_commands_exist(path: Path) -> None:
     known = _subcommands()
     for block in _blocks(path, "bash"):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # join continued lines
             words = shlex.split(line.split("#", 1)[0]) if "fedpress" in line else []
             for j, word in enumerate(words[:-1]):
                 if word in ("fedpress", ".venv/bin/fedpress") and not words[j + 1].startswith("-"):
