@@ -27,13 +27,19 @@ def git_commit() -> str | None:
         return None
 
 
-def machine_info() -> dict:
+def cpu_model() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
+    return cpu
+
+
+def machine_info() -> dict:
+    cpu = cpu_model()
     return {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "git_commit": git_commit(),

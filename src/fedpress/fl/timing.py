@@ -108,13 +108,9 @@ def cache_path() -> Path:
 
 def machine_key() -> str:
     """Machine and library versions: a throughput measured elsewhere is not reused."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    parts = [platform.node(), platform.machine(), cpu, str(os.cpu_count()), platform.python_version()]
+    from fedpress.bench.machine import cpu_model
+
+    parts = [platform.node(), platform.machine(), cpu_model(), str(os.cpu_count()), platform.python_version()]
     for pkg in ("fedpress", "numpy", "pysz", "zfpy", "zstandard", "numba", "constriction"):
         try:
             parts.append(f"{pkg}={metadata.version(pkg)}")
