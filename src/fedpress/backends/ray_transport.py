@@ -33,6 +33,7 @@ from fedpress.transport.sim import (
     ClientProfile,
     CodecClock,
     WallCodecClock,
+    pop_due,
     round_trip,
     transfer_seconds,
 )
@@ -250,13 +251,9 @@ class RayTransport(Transport):
             done, _ = self._ray.wait(everything, num_returns=len(everything), timeout=0)
             for ref in done:
                 self._resolve(ref)
-        if not self._ready or (deadline is not None and self._ready[0][0] > deadline):
-            if deadline is not None:
-                self._now = max(self._now, deadline)
-            return None
-        t, _, arrival = heapq.heappop(self._ready)
-        self._now = max(self._now, t)
-        self._busy.discard(arrival.result.client_id)
+        arrival, self._now = pop_due(self._ready, deadline, self._now)
+        if arrival is not None:
+            self._busy.discard(arrival.result.client_id)
         return arrival
 
     def in_flight(self) -> frozenset[int]:

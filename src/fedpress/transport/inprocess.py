@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .base import Arrival, ClientLike, ClientResult, Transport
-from .sim import ClientProfile, CodecClock, WallCodecClock, round_trip
+from .sim import ClientProfile, CodecClock, WallCodecClock, pop_due, round_trip
 
 
 class InProcessTransport(Transport):
@@ -70,13 +70,9 @@ class InProcessTransport(Transport):
         self._seq += 1
 
     def next_event(self, deadline: float | None = None) -> Arrival | None:
-        if not self._heap or (deadline is not None and self._heap[0][0] > deadline):
-            if deadline is not None:
-                self._now = max(self._now, deadline)
-            return None
-        t, _, arrival = heapq.heappop(self._heap)
-        self._now = max(self._now, t)
-        self._busy.discard(arrival.result.client_id)
+        arrival, self._now = pop_due(self._heap, deadline, self._now)
+        if arrival is not None:
+            self._busy.discard(arrival.result.client_id)
         return arrival
 
     def in_flight(self) -> frozenset[int]:

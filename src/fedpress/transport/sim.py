@@ -16,8 +16,12 @@ one: each codec's own measured throughput, ``none`` free), so this module knows 
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .base import Arrival
 
 
 @dataclass(frozen=True)
@@ -75,3 +79,15 @@ def round_trip(
     }
     parts["total_s"] = sum(parts.values())
     return parts
+
+
+def pop_due(
+    queue: list[tuple[float, int, Arrival]], deadline: float | None, now: float
+) -> tuple[Arrival | None, float]:
+    """The earliest arrival of a virtual-clock queue of ``(time, seq, arrival)`` unless the
+    deadline comes first, and the clock after it: both virtual-clock transports advance time
+    this one way (ties are broken by ``seq``, the dispatch order)."""
+    if not queue or (deadline is not None and queue[0][0] > deadline):
+        return None, now if deadline is None else max(now, deadline)
+    t, _, arrival = heapq.heappop(queue)
+    return arrival, max(now, t)
