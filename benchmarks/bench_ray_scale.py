@@ -173,7 +173,7 @@ def state_bytes_per_client(n: int = 5000) -> dict:
 
 
 def markdown(results: list[dict]) -> str:
-    """The results as a Markdown table (for docs/readme/ray.md)."""
+    """The results as a Markdown table (for the README)."""
     head = ("| engine | model | clients | updates | wall s | start-up s | loop s | train s (sum) "
             "| updates/s (wall) | updates/s (loop) | peak MB |")
     lines = [head, "|" + " --- |" * 11]
