@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", type=float, default=0.02, help="one-way delay per direction, s")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/grpc_shaped[_quick].json)")
     p.add_argument("--timeout", type=float, default=900, help="per run, seconds")
+    p.add_argument("--set", nargs="*", default=[], metavar="key=value",
+                   help="extra config overrides for every run (e.g. data.test_limit=10000)")
     p.add_argument("--reanalyze", metavar="JSON", help="recompute the per-round numbers of a result "
                    "file from its runs' event logs (no new runs)")
     args = p.parse_args(argv)
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "setting": {"model": model, "config": Path(config).name, "clients": clients, "rounds": rounds,
                     "eb": args.eb, "latency_s": args.latency, "downlink": "same codec as uplink",
-                    "down_mbps": "5 x uplink"},
+                    "down_mbps": "5 x uplink", "overrides": args.set},
         "cases": [],
     }
     for bw in bws:
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 down_codec = "null" if codec == "none" else f"{{name: {codec}, mode: rel, eb: {args.eb}}}"
                 over = [*base, f"data.clients={clients}", f"run.rounds={rounds}", "run.plots=false",
                         f"codec.name={codec}", f"codec.eb={args.eb}", f"codec.downlink={down_codec}",
-                        "run.eval_every=1000", "run.eval_every_time=null", "run.max_sim_time=null"]
+                        "run.eval_every=1000", "run.eval_every_time=null", "run.max_sim_time=null", *args.set]
                 run_dir = scratch / f"{codec}-{bw:g}mbit"
                 t0 = time.monotonic()
                 print(f"[{bw:g} Mbit/s] {codec} ...", flush=True)

@@ -285,3 +285,66 @@ def test_server_killed_and_restarted_resumes_and_loses_nothing_acknowledged(tmp_
                 acked.add(int(line.split("result of task ")[1].split()[0].rsplit("-", 1)[1]))
     used = {int(a["task_seq"]) for a in arrivals(run_dir) if a.get("lost") is None}
     assert acked and acked <= used
+
+
+RESTARTED_CLIENT = """
+import os, sys, time
+from pathlib import Path
+from fedpress.config import load_config
+from fedpress.deploy.client import advance_uplink, build_runner
+from fedpress.transport.grpc import GrpcClient
+
+config, addr, cid, mode, *over = sys.argv[1:]
+runner = build_runner(load_config(config, over), int(cid))
+
+class Quitter(GrpcClient):
+    def _upload(self, task_id, r):
+        super()._upload(task_id, r)
+        if self.stats.uploads >= 2:
+            print("quitting between tasks", flush=True)
+            os._exit(9)  # killed after an acknowledged result, before the next task
+
+if mode == "die":
+    Quitter(addr, int(cid), runner, on_join=lambda: advance_uplink(runner)).run()
+else:
+    while not Path(mode).exists():
+        time.sleep(0.02)
+    stats = GrpcClient(addr, int(cid), runner, on_join=lambda: advance_uplink(runner)).run()
+    print(f"rejoined and finished, {stats.desyncs} desyncs", flush=True)
+"""
+
+
+def test_client_restarted_between_tasks_resyncs_a_stateful_downlink(tmp_path: Path):
+    """A client process restarted between two tasks has lost its `grad` downlink state: it must
+    not leave the federation; the server resends its model as a keyframe."""
+    over = [*FAST, "data.clients=3", "run.rounds=6", "codec.name=grad",
+            "codec.downlink={name: grad, mode: rel, eb: 0.01}"]
+    run_dir, port_file = tmp_path / "run", tmp_path / "port"
+    server = spawn(fp("server", CONFIG, *over, "--address", "127.0.0.1:0", "--run-dir", str(run_dir),
+                      "--port-file", str(port_file), "--heartbeat", "0.3", "--client-timeout", "30",
+                      "--join-timeout", "900"),
+                   tmp_path / "server.log")
+    addr = f"127.0.0.1:{wait_file(port_file, server)}"
+    script, go = tmp_path / "restarted.py", tmp_path / "go"
+    script.write_text(RESTARTED_CLIENT)
+    quitter = subprocess.Popen([sys.executable, str(script), CONFIG, addr, "2", "die", *over], env=env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _STARTED.append(quitter)
+    again = spawn([sys.executable, str(script), CONFIG, addr, "2", str(go), *over], tmp_path / "c2.log")
+    clients = [spawn(fp("client", CONFIG, *over, "--server", addr, "--id", str(c)), tmp_path / f"c{c}.log")
+               for c in (0, 1)]
+    out, _ = quitter.communicate(timeout=600)
+    assert quitter.returncode == 9 and "quitting between tasks" in out
+    go.touch()  # back well within the client timeout: the server never saw it as lost
+    assert finish([server, *clients, again]) == [0, 0, 0, 0], (tmp_path / "c2.log").read_text()[-2000:]
+    assert "rejoined and finished" in (tmp_path / "c2.log").read_text()
+    events = list(read_events(run_dir))
+    mine = [e for e in events if e.get("client") == 2 and e["event"] in ("dispatch", "arrival")]
+    accepted = [i for i, e in enumerate(mine) if e["event"] == "arrival" and e["status"] == "accepted"]
+    assert len(accepted) >= 3  # two before the restart, at least one after
+    third = accepted[2]
+    # the model that reached the restarted client came as a keyframe
+    before = [e for e in mine[:third] if e["event"] == "dispatch"]
+    assert before[-1]["keyframe"] is True
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["versions"] == 6 and s["lost_clients"] == 0

@@ -236,6 +236,8 @@ class Server:
         return payload, stats.seconds
 
     def _dispatch_all(self, clients: list[int]) -> None:
+        # a client process that started afresh holds no codec state: resync it by keyframes
+        self.needs_keyframe |= self.transport.restarted_clients()
         for c in clients:
             keyframe = c in self.needs_keyframe
             if keyframe and c in self._down_encoders:

@@ -112,6 +112,12 @@ class Transport(ABC):
         """Abandon work in flight and free resources."""
         return None
 
+    def restarted_clients(self) -> set[int]:
+        """Clients whose process started afresh since the last call (their codec stream states
+        are gone); the server sends each of them its next model as a keyframe, both ways.
+        Transports whose clients cannot restart (simulations) have none."""
+        return set()
+
     def state_dict(self) -> dict[str, Any]:
         """State to resume this transport exactly (arrays and plain types); transports whose
         work in flight cannot be saved (network clients) raise ``NotImplementedError``, and a

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from fedpress.codec.errors import CodecError
 from fedpress.transport.base import ClientResult
 
 from . import fedpress_v1_pb2 as pb
@@ -49,6 +50,7 @@ class ClientStats:
     uploads: int = 0
     refused_uploads: int = 0
     reconnects: int = 0
+    desyncs: int = 0
     wire: dict[str, int] = field(default_factory=lambda: {"down": 0, "up": 0})
 
 
@@ -155,9 +157,13 @@ class GrpcClient:
         return reply
 
     def _fetch(self) -> tuple[str, pb.TaskHeader | None, bytes]:
-        """("task", header, payload), ("idle", None, b"") or ("stop", None, b"")."""
+        """("task", header, payload), ("idle", None, b"") or ("stop", None, b"").
+
+        The payload is written into one buffer of the announced size as chunks arrive, and that
+        buffer is what the runner gets: the client holds the model once, not twice."""
         header: pb.TaskHeader | None = None
         buf = bytearray()
+        got = 0
         wire = 0
         for msg in self.stub.GetTask(pb.TaskRequest(wait_s=self.wait_s), metadata=self.md):
             wire += wire_size(msg.ByteSize())
@@ -170,14 +176,17 @@ class GrpcClient:
                 header = msg.header
                 if header.size > self.max_payload_bytes:
                     raise ValueError(f"task of {header.size} bytes is over this client's limit")
+                buf = bytearray(header.size)
             elif kind == "data":
-                if header is None or len(buf) + len(msg.data) > header.size:
+                n = len(msg.data)
+                if header is None or got + n > header.size:
                     raise ValueError("server sent task data without a header or past its size")
-                buf += msg.data
-        if header is None or len(buf) != header.size:
+                buf[got : got + n] = msg.data
+                got += n
+        if header is None or got != header.size:
             raise grpc.RpcError()  # cut short: treated as a broken link below
         self.stats.wire["down"] += wire
-        return "task", header, bytes(buf)
+        return "task", header, buf  # type: ignore[return-value]  # bytes-like, not copied
 
     def _chunks(self, task_id: str, r: ClientResult) -> Iterator[pb.UploadChunk]:
         head = pb.ResultHeader(
@@ -226,7 +235,10 @@ class GrpcClient:
                     continue
                 self.stats.tasks += 1
                 self._task_id, self._phase = header.task_id, "train"
-                result = run_with_keyframe(self.runner, payload, header.version, header.keyframe)
+                try:
+                    result = run_with_keyframe(self.runner, payload, header.version, header.keyframe)
+                except CodecError as exc:
+                    result = self._desync(header, len(payload), exc)
                 del payload
                 if self._stop.is_set():
                     break
@@ -235,6 +247,16 @@ class GrpcClient:
             self._stop.set()
             self.channel.close()
         return self.stats
+
+    def _desync(self, header: pb.TaskHeader, size: int, exc: CodecError) -> ClientResult:
+        """A model this client cannot decode (its stream state is gone, e.g. it restarted, or
+        the payload is corrupt): answer with an empty result, which the server rejects and
+        follows with a keyframe, instead of leaving the federation."""
+        self.stats.desyncs += 1
+        self.on_event(f"client {self.client_id}: cannot decode task {header.task_id} ({exc}); "
+                      "asking for a keyframe")
+        return ClientResult(client_id=self.client_id, base_version=header.version, payload=b"", num_samples=0,
+                            samples=0, raw_bytes_down=size, raw_bytes_up=0, metrics={"desync": 1.0})
 
     def _fetch_or_raise(self) -> tuple[str, pb.TaskHeader | None, bytes]:
         try:

@@ -87,7 +87,7 @@ class FederationService(pb_grpc.FederationServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"protocol {request.protocol[:32]!r} is not supported (server speaks {PROTOCOL})",
             )
-        self.t.touch(cid)
+        self.t.joined(cid)
         log.info("client %d joined from %s", cid, context.peer())
         reply = pb.JoinReply(run_id=self.t.run_id, heartbeat_s=self.t.heartbeat_s, num_clients=self.t.num_clients)
         self.t.count_control(wire_size(request.ByteSize()) + wire_size(reply.ByteSize()))

@@ -116,6 +116,9 @@ class GrpcTransport(Transport):
         self._dirty = True
         self._closed = False
         self._stopped_clients: set[int] = set()
+        self._joined: set[int] = set()
+        self._served: set[int] = set()  # clients that fetched a task from this process
+        self._restored = False
         self.wire = {"down": 0, "up": 0, "control": 0}
         self.lost = 0
 
@@ -169,6 +172,11 @@ class GrpcTransport(Transport):
             self._tasks.clear()
             self._queue.clear()
             self._cond.notify_all()
+
+    def restarted_clients(self) -> set[int]:
+        with self._cond:
+            joined, self._joined = self._joined, set()
+        return joined
 
     # -- arrivals -----------------------------------------------------------------------------
     def _arrival(self, p: _Pending) -> Arrival:
@@ -230,6 +238,16 @@ class GrpcTransport(Transport):
                 self._lose(task, f"never connected within {self.join_timeout:.0f}s")
 
     # -- called by the gRPC service -----------------------------------------------------------
+    def joined(self, client_id: int) -> None:
+        """A client process called Join: it starts with empty codec streams (a client joins
+        once per process). If this server already streamed to that id (it fetched a task, or
+        the server resumed from a checkpoint and the id joins again), both streams must
+        restart from a keyframe."""
+        with self._cond:
+            if client_id in self._served or self._restored:
+                self._joined.add(client_id)
+            self._last_seen[client_id] = self.now()
+
     def touch(self, client_id: int) -> None:
         with self._cond:
             self._last_seen[client_id] = self.now()
@@ -287,6 +305,7 @@ class GrpcTransport(Transport):
             task.download_s = self.now() - started
             task.wire_down = wire_bytes
             task.payload = None  # the client has it; a second request means it lost it
+            self._served.add(task.client_id)
             self.wire["down"] += wire_bytes
             self._dirty = True
 
@@ -361,6 +380,7 @@ class GrpcTransport(Transport):
         """Restore from :meth:`state_dict`, then queue the journaled results the checkpoint had
         not consumed yet (they were acknowledged to their clients)."""
         with self._cond:
+            self._restored = True  # live clients do not join again; one that does restarted
             self.run_id = sd["run_id"]
             self._offset = float(sd["now"])
             self._t0 = time.monotonic()
