@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "benchmark": "bench_grpc_flower",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine_info(),
+        "machine": {**machine_info(), "load_avg_start": os.getloadavg()},
         "setting": {"config": CONFIG.name, "overrides": base, "model": job["model"], "dataset": job["dataset"],
                     "clients": clients, "samples_per_client": job["samples_per_client"], "rounds": rounds,
                     "eb": args.eb, "up_mbps": args.up, "down_mbps": args.down,
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         results["flwr_version"] = rec.get("flwr_version")
         results["cases"].append({
             "framework": "flower", "codec": "flower (.npy)", "wall_s": time.monotonic() - t0,
+            "load_avg": os.getloadavg(),
             "final_accuracy": rec["final_accuracy"], "link_bytes": rec["link_bytes"], **m})
         report(results["cases"][-1])
         for codec in codecs:
@@ -189,10 +190,12 @@ def main(argv: list[str] | None = None) -> int:
             m = round_metrics(run_dir, args.up, args.down, topo.latency_s)
             results["cases"].append({
                 "framework": "fedpress", "codec": codec, "wall_s": time.monotonic() - t0,
+                "load_avg": os.getloadavg(),
                 "final_accuracy": s.get("final_accuracy"), "link_bytes": s["link_bytes"],
                 "wire_bytes": s["wire_bytes"], "codec_wall_s": s["codec_wall_s"],
                 **fedpress_round_bytes(run_dir), **m})
             report(results["cases"][-1])
+    results["machine"]["load_avg_end"] = os.getloadavg()
     out.parent.mkdir(parents=True, exist_ok=True)
     finish(results, out)
     return 0
