@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,28 +54,22 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def run_case(topo: Topology, config: str, overrides: list[str], run_dir: Path, timeout: float) -> dict[str, Any]:
-    """One federated run on ``topo``; returns the server's summary and the kernel's byte counts."""
-    py = [sys.executable, "-m", "fedpress.cli"]
-    port = _port()
+def run_processes(topo: Topology, server_argv: list[str], client_argv: Callable[[int, str], list[str]],
+                  logs: Path, timeout: float, env: dict[str, str]) -> dict[str, int]:
+    """Run ``server_argv`` in the server's namespace and ``client_argv(i, server_ip)`` in client
+    ``i``'s until the server exits (logs in ``logs``); returns the bytes the kernel counted on
+    the links meanwhile. Shared with ``bench_grpc_flower.py``, which runs Flower the same way."""
     before = topo.link_bytes()
-    logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
     try:
         with (logs / "server.log").open("w") as fh:
-            server = subprocess.Popen(
-                topo.server_cmd([*py, "server", config, *overrides, "--address", f"0.0.0.0:{port}",
-                                 "--run-dir", str(run_dir), "--heartbeat", "1", "--join-timeout", "900",
-                                 "--quiet"]),
-                stdout=fh, stderr=subprocess.STDOUT, env=_env())
+            server = subprocess.Popen(topo.server_cmd(server_argv), stdout=fh, stderr=subprocess.STDOUT, env=env)
         procs.append(server)
         for i in range(topo.clients):
             with (logs / f"client_{i}.log").open("w") as fh:
-                procs.append(subprocess.Popen(
-                    topo.client_cmd(i, [*py, "client", config, *overrides, "--server",
-                                        f"{topo.server_ip(i)}:{port}", "--id", str(i), "--quiet"]),
-                    stdout=fh, stderr=subprocess.STDOUT, env=_env()))
+                procs.append(subprocess.Popen(topo.client_cmd(i, client_argv(i, topo.server_ip(i))),
+                                              stdout=fh, stderr=subprocess.STDOUT, env=env))
         rc = server.wait(timeout)
         for p in procs[1:]:
             p.wait(30)
@@ -86,8 +81,31 @@ def run_case(topo: Topology, config: str, overrides: list[str], run_dir: Path, t
     if rc != 0:
         raise RuntimeError(f"server exited {rc}; see {logs / 'server.log'}")
     after = topo.link_bytes()
+    return {k: after[k] - before[k] for k in after}
+
+
+def case_overrides(codec: str, eb: float, clients: int, rounds: int) -> list[str]:
+    """Config overrides of one benchmark case: ``codec`` both ways at REL ``eb`` (the downlink
+    raw for ``none``), only the final model evaluated, no plots, no simulated-time limit."""
+    down_codec = "null" if codec == "none" else f"{{name: {codec}, mode: rel, eb: {eb}}}"
+    return [f"data.clients={clients}", f"run.rounds={rounds}", "run.plots=false",
+            f"codec.name={codec}", f"codec.eb={eb}", f"codec.downlink={down_codec}",
+            "run.eval_every=1000", "run.eval_every_time=null", "run.max_sim_time=null"]
+
+
+def run_case(topo: Topology, config: str, overrides: list[str], run_dir: Path, timeout: float) -> dict[str, Any]:
+    """One federated run on ``topo``; returns the server's summary and the kernel's byte counts."""
+    py = [sys.executable, "-m", "fedpress.cli"]
+    port = _port()
+    server = [*py, "server", config, *overrides, "--address", f"0.0.0.0:{port}", "--run-dir", str(run_dir),
+              "--heartbeat", "1", "--join-timeout", "900", "--quiet"]
+
+    def client(i: int, ip: str) -> list[str]:
+        return [*py, "client", config, *overrides, "--server", f"{ip}:{port}", "--id", str(i), "--quiet"]
+
+    link = run_processes(topo, server, client, run_dir / "logs", timeout, _env())
     summary = json.loads((run_dir / "summary.json").read_text())
-    summary["link_bytes"] = {k: after[k] - before[k] for k in after}
+    summary["link_bytes"] = link
     return summary
 
 
@@ -241,10 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         down = 5 * bw
         with Topology(clients, up_mbps=bw, down_mbps=down, latency_s=args.latency) as topo:
             for codec in codecs:
-                down_codec = "null" if codec == "none" else f"{{name: {codec}, mode: rel, eb: {args.eb}}}"
-                over = [*base, f"data.clients={clients}", f"run.rounds={rounds}", "run.plots=false",
-                        f"codec.name={codec}", f"codec.eb={args.eb}", f"codec.downlink={down_codec}",
-                        "run.eval_every=1000", "run.eval_every_time=null", "run.max_sim_time=null", *args.set]
+                over = [*base, *case_overrides(codec, args.eb, clients, rounds), *args.set]
                 run_dir = scratch / f"{codec}-{bw:g}mbit"
                 t0 = time.monotonic()
                 print(f"[{bw:g} Mbit/s] {codec} ...", flush=True)
