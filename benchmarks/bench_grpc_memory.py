@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,19 +34,29 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 TIME = shutil.which("time") or "/usr/bin/time"
+sys.path.insert(0, str(HERE))
+
+from bench_grpc_shaped import _env, _port, run_processes  # noqa: E402  (the same process handling)
 
 
-def _env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + e.get("PYTHONPATH", "")
-    e["OMP_NUM_THREADS"] = "1"
-    return e
+class Loopback:
+    """The shaped benchmark's topology interface without namespaces: every process on this
+    machine's loopback, no shaping, no link counters."""
 
+    def __init__(self, clients: int) -> None:
+        self.clients = clients
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    def server_cmd(self, argv: list[str]) -> list[str]:
+        return argv
+
+    def client_cmd(self, i: int, argv: list[str]) -> list[str]:
+        return argv
+
+    def server_ip(self, i: int) -> str:
+        return "127.0.0.1"
+
+    def link_bytes(self) -> dict[str, int]:
+        return {}
 
 
 def _timed(cmd: list[str], rss_file: Path) -> list[str]:
@@ -75,30 +83,13 @@ def clients_case(n: int, codec: str, rounds: int, samples: int, scratch: Path, t
     run_dir.mkdir(parents=True)
     port = _port()
     rss = run_dir / "server.maxrss"
-    procs: list[subprocess.Popen] = []
     t0 = time.monotonic()
-    try:
-        with (run_dir / "server.log").open("w") as fh:
-            server = subprocess.Popen(
-                _timed([*py, "server", config, *over, "--address", f"127.0.0.1:{port}", "--run-dir",
-                        str(run_dir), "--join-timeout", "600", "--client-timeout", "120", "--quiet"], rss),
-                stdout=fh, stderr=subprocess.STDOUT, env=_env())
-        procs.append(server)
-        for i in range(n):
-            with (run_dir / f"client_{i}.log").open("w") as fh:
-                procs.append(subprocess.Popen(
-                    [*py, "client", config, *over, "--server", f"127.0.0.1:{port}", "--id", str(i), "--quiet"],
-                    stdout=fh, stderr=subprocess.STDOUT, env=_env()))
-        rc = server.wait(timeout)
-        for p in procs[1:]:
-            p.wait(60)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    if rc != 0:
-        raise RuntimeError(f"server exited {rc}; see {run_dir / 'server.log'}")
+    run_processes(
+        Loopback(n),
+        _timed([*py, "server", config, *over, "--address", f"127.0.0.1:{port}", "--run-dir", str(run_dir),
+                "--join-timeout", "600", "--client-timeout", "120", "--quiet"], rss),
+        lambda i, ip: [*py, "client", config, *over, "--server", f"{ip}:{port}", "--id", str(i), "--quiet"],
+        run_dir / "logs", timeout, _env())
     s = json.loads((run_dir / "summary.json").read_text())
     return {"clients": n, "codec": codec, "rounds": rounds, "samples_per_client": samples,
             "server_peak_rss_mib": _rss_mib(rss), "wall_s": time.monotonic() - t0,
