@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=20)
     p.add_argument("--budget", default="25%")
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--speed-only", action="store_true", help="time --speed-plans against raw; no scoring")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     T.TASKS.update(EXTRA_TASKS)
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     def generations(m: Any) -> list[Any]:
         return [answer(m, tok, items, one, a.eval_tokens, a.batch) for _, items, one in sets]
 
+    if a.speed_only:
+        if not a.speed_plans:
+            p.error("--speed-only needs --speed-plans")
+        sets, a.plans = [], []
     t0 = time.perf_counter()
     ref = generations(model)
     for (name, items, _), g in zip(sets, ref, strict=True):
@@ -98,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                               "acc_content": c["acc_content"], "acc_content_se": c["acc_content_se"]}
         log(f"resident {name} ({len(items)} items): format {c['acc_format']:.3f} +- {c['acc_format_se']:.3f}, "
             f"content {c['acc_content']:.3f} +- {c['acc_content_se']:.3f}")
-    res["resident_pooled"] = {k: v for k, v in compare(concat(ref), concat(ref)).items() if k.startswith("acc") or k == "n"}
+    if ref:
+        res["resident_pooled"] = {k: v for k, v in compare(concat(ref), concat(ref)).items()
+                                  if k.startswith("acc") or k == "n"}
     res["resident_eval_s"] = time.perf_counter() - t0
     save()
 
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = (ok or [r["plan"] for r in best])[: a.max_speed_plans]
     res["speed_plans"] = chosen
     log(f"timing raw (memory-mapped) against {chosen}, {a.repeats} interleaved rounds")
-    speed_items = T.make_items(sets[0][0], a.prompts + 1, seed=cfg.eval.seed + 1)
+    speed_items = T.make_items(a.tasks[0].partition(":")[0], a.prompts + 1, seed=cfg.eval.seed + 1)
     prompts = [tok(T.build_prompt(tok, it, speed_items[0]), return_tensors="pt", add_special_tokens=False)["input_ids"]
                for it in speed_items[1:]]
     resident = measure_generation(model, prompts, a.max_new_tokens)

@@ -95,9 +95,10 @@ def bar_tables(b: dict) -> str:
     for name, t in b["tasks"].items():
         rows.append(f"| {name} | {t['items']} | {t['acc_format']:.3f} +- {t['acc_format_se']:.3f} | "
                     f"{t['acc_content']:.3f} +- {t['acc_content_se']:.3f} |")
-    r = b["resident_pooled"]
+    r = b.get("resident_pooled")
     rows.append(f"| pooled | {r['n']} | {r['acc_format']:.3f} +- {r['acc_format_se']:.3f} | "
-                f"{r['acc_content']:.3f} +- {r['acc_content_se']:.3f} |")
+                f"{r['acc_content']:.3f} +- {r['acc_content_se']:.3f} |") if r else None
+    rows = [x for x in rows if x is not None]
     rows += ["", "| plan | ratio | format | format vs resident (lost/gained) | content vs resident | "
              "identical replies | reply prefix kept |", "|---|---|---|---|---|---|---|"]
     for p in b["plans"]:

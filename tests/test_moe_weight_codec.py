@@ -50,7 +50,7 @@ def test_fp16_is_within_half_precision() -> None:
         assert np.array_equal(decoded[key].numpy(), x.astype(np.float16).astype(np.float32))
 
 
-@pytest.mark.parametrize("bits", [1, 3, 5, 7, 8, 9, 12, 16])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 7, 8, 9, 10, 12, 16])
 def test_fixedrate_torch_unpacking_matches_a_plain_reference(bits: int) -> None:
     rng = np.random.default_rng(bits)
     x = rng.uniform(-1, 1, size=(37, 29)).astype(np.float32)  # not a multiple of the block

@@ -49,11 +49,20 @@ def unpack_plane_np(buf: np.ndarray, n: int, k: int) -> np.ndarray:
 
 
 def unpack_plane_torch(buf: Any, n: int, k: int) -> Any:
-    """Inverse of ``pack_plane`` in torch, on ``buf``'s device: 8 codes share one int64 word."""
+    """Inverse of ``pack_plane`` in torch, on ``buf``'s device.
+
+    Widths that divide 8 (1, 2, 4, 8) stay in uint8: each byte holds ``8 / k`` whole codes, one
+    shift and mask per code (no int64 temporaries: 8x less memory traffic). Other widths: 8 codes
+    share ``k`` bytes, assembled into one int64 word, then shifted and masked.
+    """
     import torch
 
     if k == 8:
-        return buf[:n].to(torch.int64)
+        return buf[:n]
+    if 8 % k == 0:
+        per = 8 // k
+        shifts = torch.arange(per, device=buf.device, dtype=torch.uint8) * k
+        return ((buf[: n // per, None] >> shifts) & ((1 << k) - 1)).reshape(-1)
     groups = buf[: n // 8 * k].view(n // 8, k).to(torch.int64)
     shifts = torch.arange(k, device=buf.device, dtype=torch.int64) * 8
     word = (groups << shifts).sum(dim=1, keepdim=True)
@@ -220,6 +229,10 @@ def _codes(buf, bits: int, n: int, block: int, unpack):
         return unpack(buf, total, bits)
     low = unpack(buf[:total], total, 8)
     high = unpack(buf[total:], total, bits - 8)
+    if hasattr(low, "to"):  # torch: uint8 planes widen before the shift
+        import torch
+
+        return low.to(torch.int32) | (high.to(torch.int32) << 8)
     return low | (high << 8)
 
 
