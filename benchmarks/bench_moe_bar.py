@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -77,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv), "args": vars(a),
-                           "model_dir": str(path), "tasks": {}, "plans": [], "speed": []}
+                           "model_dir": str(path), "tasks": {}, "plans": [], "speed": [],
+                           "loadavg_start": os.getloadavg()}
 
     def save() -> None:
+        res["loadavg_now"] = os.getloadavg()
         (out / "bar.json").write_text(json.dumps(res, indent=1, default=str))
 
     sets = []
