@@ -89,10 +89,41 @@ def bench_tables(b: dict) -> str:
     return "\n".join(rows)
 
 
+def bar_tables(b: dict) -> str:
+    """Tables of ``benchmarks/bench_moe_bar.py``'s JSON: quality per plan, then speed."""
+    rows = ["| task | items | resident format | resident content |", "|---|---|---|---|"]
+    for name, t in b["tasks"].items():
+        rows.append(f"| {name} | {t['items']} | {t['acc_format']:.3f} +- {t['acc_format_se']:.3f} | "
+                    f"{t['acc_content']:.3f} +- {t['acc_content_se']:.3f} |")
+    r = b.get("resident_pooled")
+    rows.append(f"| pooled | {r['n']} | {r['acc_format']:.3f} +- {r['acc_format_se']:.3f} | "
+                f"{r['acc_content']:.3f} +- {r['acc_content_se']:.3f} |") if r else None
+    rows = [x for x in rows if x is not None]
+    rows += ["", "| plan | ratio | format | format vs resident (lost/gained) | content vs resident | "
+             "identical replies | reply prefix kept |", "|---|---|---|---|---|---|---|"]
+    for p in b["plans"]:
+        q = p["pooled"]
+        f, c, t = q["format_vs_ref"], q["content_vs_ref"], q["tokens_vs_ref"]
+        rows.append(f"| `{p['plan']}` | {p['ratio']:.2f} | {q['acc_format']:.3f} | {100 * f['diff']:+.1f} +- "
+                    f"{100 * f['diff_se']:.1f} pts ({f['lost']:.0f}/{f['gained']:.0f}) | {100 * c['diff']:+.1f} +- "
+                    f"{100 * c['diff_se']:.1f} pts ({c['lost']:.0f}/{c['gained']:.0f}) | {t['identical']:.2f} | {t['prefix']:.3f} |")
+    if b.get("speed_summary"):
+        rs = b.get("resident_speed", {})
+        rows += ["", f"Fully resident: {rs.get('tokens_per_s', float('nan')):.3f} tokens/s.", "",
+                 "| policy | plan | tokens/s (median) | x raw (median of rounds) | rounds | MB moved / token | "
+                 "bytes vs raw | hit rate |", "|---|---|---|---|---|---|---|---|"]
+        for s in b["speed_summary"]:
+            rows.append(f"| {s['policy']} | `{s['plan']}` | {s['tokens_per_s_median']:.3f} | {s['speed_ratio_median']:.2f} | "
+                        f"{', '.join(f'{v:.2f}' for v in s['speed_ratios'])} | {s['bytes_per_token_median'] / 1e6:.1f} | "
+                        f"{s['bytes_share_median']:.3f} | {s['hit_rate_median']:.2f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("study", nargs="*", type=Path)
     p.add_argument("--bench", type=Path)
+    p.add_argument("--bar", type=Path, help="JSON of benchmarks/bench_moe_bar.py")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/moe_study"))
     a = p.parse_args()
     if a.study:
@@ -107,6 +138,8 @@ def main() -> None:
         print()
     if a.bench:
         print(bench_tables(json.loads(a.bench.read_text())))
+    if a.bar:
+        print(bar_tables(json.loads(a.bar.read_text())))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def test_fp16_is_within_half_precision() -> None:
         assert np.array_equal(decoded[key].numpy(), x.astype(np.float16).astype(np.float32))
 
 
-@pytest.mark.parametrize("bits", [1, 3, 5, 7, 8, 9, 12, 16])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 7, 8, 9, 10, 12, 16])
 def test_fixedrate_torch_unpacking_matches_a_plain_reference(bits: int) -> None:
     rng = np.random.default_rng(bits)
     x = rng.uniform(-1, 1, size=(37, 29)).astype(np.float32)  # not a multiple of the block
@@ -100,3 +100,34 @@ def test_decode_runs_on_the_requested_device() -> None:
     decoded, timing = decode_expert(encode_expert(expert_tensors(), CodecSpec.parse("fixedrate")), dev)
     assert all(t.device.type == dev for t in decoded.values())
     assert timing.device_bytes > 0
+
+
+def grid_weights(seed: int = 0) -> np.ndarray:
+    """Weights as a Q4_1 checkpoint dequantises them: 16 levels ``m + d*q`` per 32 values,
+    the block's minimum and maximum among them (as Q4_1's ``d = (max-min)/15`` makes them)."""
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(0.01, 0.2, size=(48, 1)).astype(np.float32)
+    m = rng.normal(0, 1, size=(48, 1)).astype(np.float32)
+    q = rng.integers(0, 16, size=(48, 32))
+    q[:, 0], q[:, 1] = 0, 15
+    return (m + d * q.astype(np.float32)).astype(np.float32).reshape(24, 64)
+
+
+def test_fixedrate_fit_finds_a_per_block_grid_and_holds_the_bound() -> None:
+    x = grid_weights()
+    tight = FixedRateCodec("rel", 1e-5)          # the width formula needs many bits
+    fit = FixedRateCodec("rel", 1e-5, fit=1)     # finds the 4-bit grid on blocks of 32
+    plain, fitted = tight.encode(x), fit.encode(x)
+    assert plain[1] > 8 and fitted[1] == 4 and int.from_bytes(fitted[2:6], "little") == 32
+    assert len(fitted) == 14 + (x.size // 32) * (8 + 32 * 4 // 8) < len(plain) / 2
+    bound = 1e-5 * (float(x.max()) - float(x.min()))
+    for frame in (plain, fitted):
+        assert np.abs(decode_torch(frame, x.shape).numpy().astype(np.float64) - x).max() <= bound
+    # off the grid, fit falls back to the width formula (and still holds the bound)
+    y = x + np.random.default_rng(1).normal(0, 1e-3, x.shape).astype(np.float32)
+    f2 = fit.encode(y)
+    assert f2[1] > 4
+    assert np.abs(decode_torch(f2, y.shape).numpy() - y).max() <= 1e-5 * (float(y.max()) - float(y.min()))
+    with pytest.raises(CodecError):
+        FixedRateCodec("rel", 1e-3, bits=4, fit=1)
+    assert CodecSpec.parse("fixedrate:eb=0.001,fit=1").codec().fit == 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +22,8 @@ from .layout import find_moe_layers, iter_experts
 from .runtime import OffloadRuntime, measure_generation, parse_budget
 from .store import CodecPlan, ExpertStore
 from .weight_codec import CodecSpec, decode_expert, encode_expert
+
+T = TypeVar("T")
 
 
 def codec_throughput(layers: list[Any], specs: list[str], samples: int = 8, device: str = "cpu") -> list[dict[str, Any]]:
@@ -52,7 +54,7 @@ def codec_throughput(layers: list[Any], specs: list[str], samples: int = 8, devi
 
 
 @torch.no_grad()
-def decoded_accuracy(model: Any, store: ExpertStore, evaluate: Callable[[Any], dict[str, float]]) -> dict[str, float]:
+def decoded_accuracy(model: Any, store: ExpertStore, evaluate: Callable[[Any], T]) -> T:
     """Score the model with every expert replaced by its decoded copy from ``store`` (restored after)."""
     layers = find_moe_layers(model)
     saved = {}
@@ -133,4 +135,57 @@ def bar_check(res: dict[str, Any], budget: str = "25%", baseline: str = "raw") -
             "speed_ratio": r["tokens_per_s"] / max(b["tokens_per_s"], 1e-9),
             "accuracy_drop_points": 100 * drop if np.isfinite(drop) else None,
         })
+    return out
+
+
+def interleaved_speed(model: Any, prompts: list[torch.Tensor], stores: dict[str, ExpertStore], slots: int,
+                      policies: list[str], repeats: int, max_new_tokens: int,
+                      reference: list[list[int]] | None = None,
+                      progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Every store under every policy, ``repeats`` times, alternating the order each round.
+
+    Why interleaved: on a shared machine the load drifts by 2-4x over minutes; running the
+    codecs one after another inside each round exposes them to the same load, and the per-round
+    ratio (``speed_summary``) cancels most of the drift.
+    """
+    rows: list[dict[str, Any]] = []
+    names = list(stores)
+    for rep in range(repeats):
+        for pol in policies:
+            policy, _, pre = pol.partition("+")
+            for name in names if rep % 2 == 0 else names[::-1]:
+                rt = OffloadRuntime(model, stores[name], slots, policy, prefetch=pre == "prefetch", keep=True)
+                try:
+                    m = measure_generation(model, prompts, max_new_tokens, rt)
+                finally:
+                    rt.close()
+                out = m.pop("outputs")
+                if reference is not None:
+                    m["same_tokens_as_resident"] = out == reference
+                rows.append({"plan": name, "policy": pol, "round": rep, **m})
+                progress(f"  round {rep} {pol:<13} {name:<40} {m['tokens_per_s']:.3f} tok/s, "
+                         f"{m['bytes_per_token'] / 1e6:.1f} MB/token, hit {m['hit_rate']:.2f}")
+    return rows
+
+
+def speed_summary(rows: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
+    """Per plan and policy: median tokens/s and bytes/token, and the median per-round ratio to
+    ``baseline`` (tokens/s and bytes), with each round's ratio listed."""
+    out = []
+    for pol in dict.fromkeys(r["policy"] for r in rows):
+        base = {r["round"]: r for r in rows if r["policy"] == pol and r["plan"] == baseline}
+        for name in dict.fromkeys(r["plan"] for r in rows):
+            mine = [r for r in rows if r["policy"] == pol and r["plan"] == name]
+            speed = [r["tokens_per_s"] / base[r["round"]]["tokens_per_s"] for r in mine if r["round"] in base]
+            share = [r["bytes_per_token"] / max(base[r["round"]]["bytes_per_token"], 1e-9) for r in mine
+                     if r["round"] in base]
+            out.append({
+                "plan": name, "policy": pol, "rounds": len(mine),
+                "tokens_per_s_median": float(np.median([r["tokens_per_s"] for r in mine])),
+                "bytes_per_token_median": float(np.median([r["bytes_per_token"] for r in mine])),
+                "hit_rate_median": float(np.median([r["hit_rate"] for r in mine])),
+                "speed_ratio_median": float(np.median(speed)) if speed else None,
+                "speed_ratios": speed, "bytes_share_median": float(np.median(share)) if share else None,
+                "same_tokens_as_resident": all(r.get("same_tokens_as_resident", True) for r in mine),
+            })
     return out

@@ -53,7 +53,17 @@ class CodecPlan:
 
     @classmethod
     def parse(cls, cfg: str | Mapping[str, Any]) -> CodecPlan:
-        """From a codec string, or ``{default, shallow, middle, deep, layers: {i: codec}}``."""
+        """From a codec string, a plan string ``default;group=codec;...`` (e.g.
+        ``fast:eb=0.003;middle=fast:eb=0.001``), or ``{default, shallow, middle, deep, layers}``."""
+        if isinstance(cfg, str) and ";" in cfg:
+            head, *rest = (part.strip() for part in cfg.split(";"))
+            d: dict[str, Any] = {"default": head}
+            for part in rest:
+                group, eq, spec = part.partition("=")
+                if not eq or group.strip() not in ("shallow", "middle", "deep"):
+                    raise ValueError(f"codec plan part {part!r} is not shallow|middle|deep=codec")
+                d[group.strip()] = spec.strip()
+            return cls.parse(d)
         if isinstance(cfg, str):
             return cls(CodecSpec.parse(cfg))
         cfg = dict(cfg)
