@@ -171,3 +171,27 @@ def test_fedbuff_server_and_clients_run_to_the_end(tmp_path: Path, cache: str):
     assert s["strategy"] == "fedbuff" and s["stop_reason"] == "max_updates" and s["updates"] >= 4
     assert s["rejected"] == 0 and s["versions"] >= 2 and len(s["agg_errors"]) == s["versions"]
     assert np.isfinite(s["global_metrics"]["loss"]) and (run_dir / ADAPTER_FILE).stat().st_size > ADAPTER_BYTES
+
+
+def test_adapter_strategy_state_survives_a_checkpoint_file(tmp_path: Path):
+    """A server checkpoint of an LLM run keeps the inner rule's state, the buffered adapters and
+    the aggregation-error history (written and read by the deploy checkpoint format)."""
+    from fedpress.config import FedBuffConfig
+    from fedpress.deploy import checkpoint as ckpt
+    from fedpress.fl.strategies import build_strategy
+    from fedpress.llm.strategy import AdapterStrategy
+
+    def make() -> AdapterStrategy:
+        return AdapterStrategy(build_strategy(FedBuffConfig(K=2), 2), "fedavg", 2.0, 2)
+
+    a = make()
+    rng = np.random.default_rng(0)
+    a._buf = [({"m.lora_A": rng.normal(size=(2, 4)).astype(np.float32)}, 3.0)]
+    a.history = [{"version": 1, "agg_error": 0.5, "agg_rel_error": 0.1}]
+    a.last = dict(a.history[0])
+    ckpt.save(tmp_path / "c.fpck", a.state_dict())
+    b = make()
+    b.load_state_dict(ckpt.load(tmp_path / "c.fpck"))
+    assert b.history == a.history and b.last == a.last and b.inner.state_dict().keys() == a.inner.state_dict().keys()
+    (t, w), = b._buf
+    assert w == 3.0 and np.array_equal(t["m.lora_A"], a._buf[0][0]["m.lora_A"])
