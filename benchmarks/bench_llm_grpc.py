@@ -29,7 +29,7 @@ from fedpress.bench.machine import machine_info
 # llm_quick.yaml sized to a few minutes per run on a loaded 2-core machine
 DEFAULTS = ["run.rounds=2", "codec.name=fast", "codec.eb=0.01", "data.eval_items=20",
             "eval.local_task=false", "run.torch_threads=1", "run.plots=false"]
-KEEP = ("summary.json", "events.jsonl", "config.yaml", "adapter.safetensors")
+KEEP = ("summary.json", "events.jsonl", "config.yaml")  # not the 0.9 MB adapter
 
 
 def headline(s: dict) -> dict:
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     over = [*DEFAULTS, *args.overrides]
     py = [sys.executable, "-m", "fedpress.cli"]
     res: dict = {"command": " ".join([sys.executable, *sys.argv]), "config": args.config,
-                 "clients": args.clients, "overrides": over, "machine_before": machine_info()}
+                 "clients": args.clients, "overrides": over, "machine_before": machine_info(),
+                 "loadavg_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "launch"
         cmd = [*py, "launch", args.config, "--clients", str(args.clients), "--run-dir", str(run_dir),
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             sim = json.loads((sim_dir / "summary.json").read_text())
             res["simulation"] = {"command": " ".join(["fedpress", *cmd[3:]]).replace(str(sim_dir), "RUN_DIR"),
                                  "process_wall_s": time.perf_counter() - t0, **headline(sim)}
-    res["machine_after"] = machine_info()
+    res["loadavg_after"] = os.getloadavg()
     path = out / "llm_grpc.json"
     path.write_text(json.dumps(res, indent=2, default=float) + "\n")
     g = res["grpc"]
