@@ -195,3 +195,49 @@ def test_adapter_strategy_state_survives_a_checkpoint_file(tmp_path: Path):
     assert b.history == a.history and b.last == a.last and b.inner.state_dict().keys() == a.inner.state_dict().keys()
     (t, w), = b._buf
     assert w == 3.0 and np.array_equal(t["m.lora_A"], a._buf[0][0]["m.lora_A"])
+
+
+@pytest.mark.slow
+def test_llm_server_killed_and_restarted_resumes(tmp_path: Path, cache: str):
+    """A federated LoRA server killed mid-run and started again with the same command resumes
+    from its checkpoint: one version history, the aggregation errors of every version kept."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    over = [*FAST, "data.clients=2", "run.rounds=30"]
+    run_dir, ck = tmp_path / "run", tmp_path / "ckpt"
+    cmd = fp("server", CFG, *over, "--address", f"127.0.0.1:{port}", "--run-dir", str(run_dir),
+             "--checkpoint-dir", str(ck), "--heartbeat", "0.3", "--client-timeout", "30", "--join-timeout", "600")
+    e = env(cache)
+    procs = [subprocess.Popen(cmd, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs += [subprocess.Popen(fp("client", CFG, *over, "--server", f"127.0.0.1:{port}", "--id", str(c),
+                                  "--reconnect-timeout", "300"), env=e,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in (0, 1)]
+    try:
+        end = time.monotonic() + 600
+        while True:  # kill it once a few global versions exist
+            assert procs[0].poll() is None and time.monotonic() < end
+            if (run_dir / "events.jsonl").is_file():
+                ups = [ev for ev in read_events(run_dir) if ev["event"] == "update"]
+                if ups and ups[-1]["version"] >= 3:
+                    break
+            time.sleep(0.05)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+        again = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0 and "resumed from" in again.stderr, again.stderr[-3000:]
+        assert [p.wait(120) for p in procs[1:]] == [0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["resumed"] is True and s["versions"] == 30
+    assert [ev["version"] for ev in read_events(run_dir) if ev["event"] == "update"] == list(range(1, 31))
+    assert [h["version"] for h in s["agg_errors"]] == list(range(1, 31))
+    assert np.isfinite(s["global_metrics"]["loss"])
