@@ -1,8 +1,10 @@
 """``fedpress client``: one federated client process, serving the server's tasks over gRPC.
 
 Its data shard and its trainer come from the same builders as a simulation of the same config
-(``fedpress.experiment.run.prepare_inputs`` partitions the data with the run's seed; the simulated
-federation's client factory builds the runner), selected by ``--id``.
+(the config's workload, ``fedpress.deploy.workload``: the partitioner runs with the run's seed and
+the simulated federation's client factory builds the runner), selected by ``--id``. For a
+federated LoRA config the base model is loaded once in this process and only adapter tensors
+travel.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from fedpress.config import load_config
+from .workload import resolve, workload_of
 
 log = logging.getLogger("fedpress.deploy")
 
@@ -36,15 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_runner(cfg: Any, client_id: int) -> Any:
-    """The client runner a simulation of ``cfg`` would use for ``client_id``."""
-    from fedpress.experiment.build import build_server
-    from fedpress.experiment.run import prepare_inputs
-
-    if not 0 <= client_id < cfg.data.clients:
-        raise ValueError(f"--id {client_id} is outside 0..{cfg.data.clients - 1} (data.clients)")
-    inputs = prepare_inputs(cfg)
-    sim = build_server(cfg, inputs)  # the simulated federation; only its client factory is used
-    return sim.transport.client(client_id)
+    """The client runner a simulation of ``cfg`` (a CNN or an LLM config) would use for
+    ``client_id``."""
+    return workload_of(cfg).build_runner(cfg, client_id)
 
 
 def advance_uplink(runner: Any) -> None:
@@ -68,7 +64,7 @@ def main_client(argv: list[str] | None = None) -> int:
     from fedpress.transport.grpc.auth import channel_credentials, read_token
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        _, cfg = resolve(args.config, args.overrides)
         token = read_token(args.token_file) if args.token_file else None
         creds = None
         if args.ca_cert:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from fedpress.config import load_config
+from .workload import resolve
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,7 +76,7 @@ def main_launch(argv: list[str] | None = None) -> int:
         return 2
     overrides = [*args.overrides, f"data.clients={args.clients}"]
     try:
-        cfg = load_config(args.config, overrides)
+        _, cfg = resolve(args.config, overrides)
     except ConfigError as exc:
         print(f"fedpress launch: error: {exc}", file=sys.stderr)
         return 2
@@ -148,5 +148,5 @@ def main_launch(argv: list[str] | None = None) -> int:
     if rc == 0 and summary_path.is_file():
         s = json.loads(summary_path.read_text())
         print(f"fedpress launch: {args.clients} clients, wall {time.monotonic() - t0:.1f}s, "
-              f"final accuracy {s.get('final_accuracy')} -> {run_dir}")
+              f"final accuracy {s.get('final_accuracy')} loss {s.get('final_loss')} -> {run_dir}")
     return rc

@@ -1,7 +1,8 @@
 """``fedpress server``: the one server loop (``fedpress.fl.server.Server``) over gRPC.
 
-The server is built exactly as ``fedpress run`` builds it (``fedpress.experiment.build.build_server``
-from the same config), then its transport is swapped for a :class:`GrpcTransport`: clients are
+The server is built exactly as a simulation of the same config builds it (the config's workload,
+``fedpress.deploy.workload``: ``fedpress run``'s builders for CNN configs, ``fedpress llm run``'s
+for federated LoRA), then its transport is swapped for a :class:`GrpcTransport`: clients are
 other processes. With ``--checkpoint-dir`` the loop's state is checkpointed atomically between
 events and uploads are journaled before they are acknowledged; starting the same command again
 resumes from the last checkpoint and replays the journaled uploads it had not used yet.
@@ -19,13 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedpress.config import ExperimentConfig, dump_config, load_config
+from fedpress.config import ExperimentConfig
 from fedpress.metrics.events import EVENTS_FILE, EventLog, read_events
 from fedpress.metrics.summary import summarize
 from fedpress.transport.grpc import GrpcTransport, Journal, start_server
 from fedpress.transport.grpc.auth import TokenInterceptor, read_tokens, server_credentials
 
 from . import checkpoint as ckpt
+from .workload import resolve, workload_of
 
 CHECKPOINT_FILE = "checkpoint.fpck"
 SUMMARY_FILE = "summary.json"
@@ -107,10 +109,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)
 
 
-def build(cfg: ExperimentConfig, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+def build(cfg: ExperimentConfig | Any, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Run the server loop to its end; returns the summary."""
-    from fedpress.experiment.build import build_server
-    from fedpress.experiment.run import prepare_inputs, torch_threads
+    from fedpress.experiment.run import torch_threads
+
+    wl = workload_of(cfg)
+    dump_config = wl.dump
 
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
     ckpt_path = ckpt_dir / CHECKPOINT_FILE if ckpt_dir else None
@@ -126,13 +130,12 @@ def build(cfg: ExperimentConfig, out: Path, args: argparse.Namespace) -> dict[st
     elif args.tls_client_ca:
         raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
 
-    inputs = prepare_inputs(cfg)
-    n = len(inputs.parts)
     journal = Journal(ckpt_dir / "journal" if ckpt_dir else out / "journal", durable=ckpt_dir is not None)
     events = ResumableEventLog(out / EVENTS_FILE, cfg.run.target_accuracy,
                                state["events_bytes"] if state else None)
     with torch_threads(cfg.run.torch_threads), events:
-        server = build_server(cfg, inputs, events, None if args.quiet else _progress(time.monotonic()))
+        side = wl.build_server(cfg, events, None if args.quiet else _progress(time.monotonic()))
+        server, n = side.server, len(side.shard_sizes)
 
         def save_checkpoint() -> None:
             assert ckpt_path is not None
@@ -147,7 +150,7 @@ def build(cfg: ExperimentConfig, out: Path, args: argparse.Namespace) -> dict[st
 
         transport = GrpcTransport(
             n, journal, heartbeat_s=args.heartbeat, client_timeout=args.client_timeout,
-            join_timeout=args.join_timeout, shard_sizes=[len(p) for p in inputs.parts],
+            join_timeout=args.join_timeout, shard_sizes=side.shard_sizes,
             checkpoint=save_checkpoint if ckpt_path is not None else None,
         )
         if ckpt_path is not None and not hasattr(server, "state_dict"):
@@ -180,11 +183,11 @@ def build(cfg: ExperimentConfig, out: Path, args: argparse.Namespace) -> dict[st
     if state is not None:
         summary = summarize(read_events(out), cfg.run.target_accuracy)
     summary.update(
-        run_dir=str(out), dataset=cfg.data.dataset, partition=cfg.data.partition,
-        codec=cfg.codec.name, seed=cfg.run.seed, transport="grpc",
+        run_dir=str(out), codec=cfg.codec.name, seed=cfg.run.seed, transport="grpc",
         wire_bytes=dict(transport.wire), lost_clients=transport.lost, refused_calls=interceptor.refused,
         codec_wall_s=codec_seconds(out), resumed=state is not None,
     )
+    summary.update(side.extras(out))  # the workload's own fields (dataset, LLM metrics, ...)
     return summary
 
 
@@ -198,22 +201,26 @@ def main_server(argv: list[str] | None = None) -> int:
     from fedpress.config import ConfigError
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        wl, cfg = resolve(args.config, args.overrides)
         out = Path(args.run_dir) if args.run_dir else Path(cfg.run.out_dir) / cfg.run_name()
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        (out / "config.yaml").write_text(wl.dump(cfg), encoding="utf-8")
         summary = build(cfg, out, args)
     except (ConfigError, CodecError, ValueError, OSError, KeyError) as exc:
         print(f"fedpress server: error: {exc}", file=sys.stderr)
         return 2
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
     if cfg.run.plots:
         from fedpress.metrics.plots import plot_run
 
-        plot_run(out)
-    acc = summary.get("final_accuracy")
+        try:
+            plot_run(out)
+        except (KeyError, ValueError) as exc:  # plots are a convenience; the event log is the record
+            print(f"fedpress server: plots skipped ({exc})", file=sys.stderr)
+    acc, loss = summary.get("final_accuracy"), summary.get("final_loss")
     print(
         f"{summary['strategy']}: final acc {acc if acc is None else f'{acc:.4f}'} "
+        f"loss {loss if loss is None else f'{loss:.4f}'} "
         f"updates {summary['updates']} wall {summary.get('wall_s') or 0:.1f}s "
         f"wire up {summary['wire_bytes']['up'] / 1e6:.2f} MB down {summary['wire_bytes']['down'] / 1e6:.2f} MB "
         f"-> {out}", flush=True,

@@ -15,7 +15,7 @@ from typing import Any
 from fedpress.codec.base import available_codecs, codec_parameters, get_codec
 from fedpress.codec.routing import Policy, Rule
 from fedpress.codec.stream import StreamEncoder
-from fedpress.fl.codec_adapter import CodecSpec, TensorEncoder, make_encoder
+from fedpress.fl.codec_adapter import CodecSpec, TensorEncoder, accepted_codecs, make_encoder
 
 
 def adapter_policy(codec: str, mode: str = "rel", eb: float = 1e-2, small: int = 64, **params: Any) -> Policy:
@@ -37,3 +37,11 @@ def adapter_encoder(spec: CodecSpec | None, stream_id: str) -> TensorEncoder:
     if spec is None or spec.is_raw or spec.name in ("lossless", "zstd"):
         return make_encoder(spec, stream_id)
     return StreamEncoder(adapter_policy(spec.name, spec.mode, spec.eb), stream_id=stream_id)
+
+
+def adapter_codecs(spec: CodecSpec | None) -> frozenset[str]:
+    """The codecs :func:`adapter_encoder` can put in a payload: what the server accepts (any
+    other codec in an upload is refused before a frame is decoded)."""
+    if spec is None or spec.is_raw or spec.name in ("lossless", "zstd"):
+        return accepted_codecs(spec)
+    return adapter_policy(spec.name, spec.mode, spec.eb).codec_names()

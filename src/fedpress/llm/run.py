@@ -17,6 +17,7 @@ from fedpress.metrics.events import EVENTS_FILE, EventLog, read_events
 from .config import LLMConfig, dump_llm_config, load_llm_config
 from .partition import bucketize, histogram
 from .simulation import LLMInputs, build_llm_server, prepare_llm
+from .strategy import AdapterStrategy
 
 
 def local_metrics(run_dir: Path) -> dict[str, float]:
@@ -53,20 +54,7 @@ def run_llm(
         with EventLog(out / EVENTS_FILE, cfg.run.target_accuracy) as log:
             server, strategy = build_llm_server(cfg, inputs, log, on_progress)
             summary = server.run()
-    final = _last_eval(out)
-    summary.update(
-        run_dir=str(out),
-        skew=cfg.data.skew,
-        alpha=cfg.data.alpha,
-        aggregation=cfg.model.aggregation,
-        codec=cfg.codec.name,
-        codec_eb=cfg.codec.eb,
-        seed=cfg.run.seed,
-        global_metrics={k: final.get(k) for k in ("loss", "perplexity", "acc_format", "acc_content")},
-        local_metrics=local_metrics(out),
-        agg_errors=strategy.history,
-        client_tokens=[int(inputs.corpus.lengths[p].sum()) for p in inputs.parts],
-    )
+    summary.update(run_dir=str(out), **summary_extras(cfg, inputs, strategy, out))
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
     if cfg.run.plots:
         try:
@@ -76,6 +64,24 @@ def run_llm(
         except (KeyError, ValueError) as exc:  # plots are a convenience; the log is the record
             print(f"fedpress llm: plots skipped ({exc})")
     return summary
+
+
+def summary_extras(cfg: LLMConfig, inputs: LLMInputs, strategy: AdapterStrategy, run_dir: Path) -> dict[str, Any]:
+    """The LLM fields of a summary (global and local metrics, aggregation errors, skew), read
+    from the run's event log: the same for a simulated run and one over gRPC."""
+    final = _last_eval(run_dir)
+    return dict(
+        skew=cfg.data.skew,
+        alpha=cfg.data.alpha,
+        aggregation=cfg.model.aggregation,
+        codec=cfg.codec.name,
+        codec_eb=cfg.codec.eb,
+        seed=cfg.run.seed,
+        global_metrics={k: final.get(k) for k in ("loss", "perplexity", "acc_format", "acc_content")},
+        local_metrics=local_metrics(run_dir),
+        agg_errors=strategy.history,
+        client_tokens=[int(inputs.corpus.lengths[p].sum()) for p in inputs.parts],
+    )
 
 
 def _last_eval(run_dir: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from fedpress.fl.types import Tensors
 from fedpress.metrics.events import EventLog
 from fedpress.transport.inprocess import InProcessTransport
 
-from .codecs import adapter_encoder
+from .codecs import adapter_codecs, adapter_encoder
 from .config import LLMConfig
 from .corpus import Corpus, build_corpus
 from .lora import LoraSpec, adapter_parameters, attach_lora, get_adapter, set_adapter
@@ -181,7 +181,7 @@ def build_llm_server(cfg: LLMConfig, inp: LLMInputs, log: EventLog | None = None
     server = Server(strategy, transport, params, [len(p) for p in inp.parts], stop, log=log,
                     evaluator=make_evaluator(cfg, inp, trainer, strategy), eval_every=r.eval_every,
                     eval_every_time=r.eval_every_time, downlink=codec_spec(cfg.codec.downlink),
-                    timing=timing, seed=seed, on_progress=on_progress)
+                    timing=timing, seed=seed, on_progress=on_progress, accept=adapter_codecs(uplink))
     return server, strategy
 
 

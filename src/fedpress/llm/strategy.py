@@ -62,6 +62,18 @@ class AdapterStrategy(Strategy):
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "adapter_aggregation": self.rule, "lora_rank": self.rank}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The inner rule's state plus the buffered absolute adapters and the error history
+        (so a server restarted from a checkpoint keeps both)."""
+        return {"inner": self.inner.state_dict(), "buf": [[t, w] for t, w in self._buf],
+                "last": dict(self.last), "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.inner.load_state_dict(sd["inner"])
+        self._buf = [(dict(t), float(w)) for t, w in sd["buf"]]
+        self.last = dict(sd["last"])
+        self.history = [dict(h) for h in sd["history"]]
+
     def accept(self, update: Update, ctx: ServerContext) -> bool:
         ok = self.inner.accept(update, ctx)
         if ok:
