@@ -209,19 +209,19 @@ else:  # the same client restarted: ready, it joins once the file ``mode`` exist
 """
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", pytest.param("fedfa", marks=pytest.mark.slow)])
-def test_client_killed_mid_upload_is_timed_out_and_rejoins_with_a_keyframe(tmp_path: Path, strategy):
-    over = [*FAST, "data.clients=3", "codec.name=grad", f"strategy.name={strategy}"]
-    over += ["run.rounds=6"] if strategy == "fedavg" else ["strategy.K=2", "strategy.max_in_flight=3",
-                                                           "run.max_updates=18"]
+def run_with_a_faulty_client(tmp_path: Path, over: list[str], script_text: str, client_timeout: float,
+                             farewell: str) -> Path:
+    """A server, clients 0 and 1, and client 2 running ``script_text``: first in mode "die"
+    (it must exit 9 printing ``farewell``), then the same id restarted; returns the run dir
+    once all four processes ended with 0."""
     run_dir, port_file = tmp_path / "run", tmp_path / "port"
     server = spawn(fp("server", CONFIG, *over, "--address", "127.0.0.1:0", "--run-dir", str(run_dir),
-                      "--port-file", str(port_file), "--heartbeat", "0.3", "--client-timeout", "3",
+                      "--port-file", str(port_file), "--heartbeat", "0.3", "--client-timeout", str(client_timeout),
                       "--join-timeout", "900"),
                    tmp_path / "server.log")
     addr = f"127.0.0.1:{wait_file(port_file, server)}"
     script, go = tmp_path / "faulty.py", tmp_path / "go"
-    script.write_text(FAULTY_CLIENT)
+    script.write_text(script_text)
     dying = subprocess.Popen([sys.executable, str(script), CONFIG, addr, "2", "die", *over], env=env(),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _STARTED.append(dying)
@@ -229,10 +229,19 @@ def test_client_killed_mid_upload_is_timed_out_and_rejoins_with_a_keyframe(tmp_p
     clients = [spawn(fp("client", CONFIG, *over, "--server", addr, "--id", str(c)), tmp_path / f"c{c}.log")
                for c in (0, 1)]
     out, _ = dying.communicate(timeout=600)
-    assert dying.returncode == 9 and "dying mid-upload" in out
+    assert dying.returncode == 9 and farewell in out
     go.touch()
-    assert finish([server, *clients, again]) == [0, 0, 0, 0]
+    assert finish([server, *clients, again]) == [0, 0, 0, 0], (tmp_path / "c2.log").read_text()[-2000:]
     assert "rejoined and finished" in (tmp_path / "c2.log").read_text()
+    return run_dir
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", pytest.param("fedfa", marks=pytest.mark.slow)])
+def test_client_killed_mid_upload_is_timed_out_and_rejoins_with_a_keyframe(tmp_path: Path, strategy):
+    over = [*FAST, "data.clients=3", "codec.name=grad", f"strategy.name={strategy}"]
+    over += ["run.rounds=6"] if strategy == "fedavg" else ["strategy.K=2", "strategy.max_in_flight=3",
+                                                           "run.max_updates=18"]
+    run_dir = run_with_a_faulty_client(tmp_path, over, FAULTY_CLIENT, 3, "dying mid-upload")
     mine = [a for a in arrivals(run_dir) if a["client"] == 2]
     status = [(a["status"], a.get("lost")) for a in mine]
     assert status[0] == ("accepted", None)  # its first result
@@ -319,25 +328,8 @@ def test_client_restarted_between_tasks_resyncs_a_stateful_downlink(tmp_path: Pa
     not leave the federation; the server resends its model as a keyframe."""
     over = [*FAST, "data.clients=3", "run.rounds=6", "codec.name=grad",
             "codec.downlink={name: grad, mode: rel, eb: 0.01}"]
-    run_dir, port_file = tmp_path / "run", tmp_path / "port"
-    server = spawn(fp("server", CONFIG, *over, "--address", "127.0.0.1:0", "--run-dir", str(run_dir),
-                      "--port-file", str(port_file), "--heartbeat", "0.3", "--client-timeout", "30",
-                      "--join-timeout", "900"),
-                   tmp_path / "server.log")
-    addr = f"127.0.0.1:{wait_file(port_file, server)}"
-    script, go = tmp_path / "restarted.py", tmp_path / "go"
-    script.write_text(RESTARTED_CLIENT)
-    quitter = subprocess.Popen([sys.executable, str(script), CONFIG, addr, "2", "die", *over], env=env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _STARTED.append(quitter)
-    again = spawn([sys.executable, str(script), CONFIG, addr, "2", str(go), *over], tmp_path / "c2.log")
-    clients = [spawn(fp("client", CONFIG, *over, "--server", addr, "--id", str(c)), tmp_path / f"c{c}.log")
-               for c in (0, 1)]
-    out, _ = quitter.communicate(timeout=600)
-    assert quitter.returncode == 9 and "quitting between tasks" in out
-    go.touch()  # back well within the client timeout: the server never saw it as lost
-    assert finish([server, *clients, again]) == [0, 0, 0, 0], (tmp_path / "c2.log").read_text()[-2000:]
-    assert "rejoined and finished" in (tmp_path / "c2.log").read_text()
+    # back well within the client timeout: the server never sees it as lost
+    run_dir = run_with_a_faulty_client(tmp_path, over, RESTARTED_CLIENT, 30, "quitting between tasks")
     events = list(read_events(run_dir))
     mine = [e for e in events if e.get("client") == 2 and e["event"] in ("dispatch", "arrival")]
     accepted = [i for i, e in enumerate(mine) if e["event"] == "arrival" and e["status"] == "accepted"]

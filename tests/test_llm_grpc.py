@@ -137,6 +137,7 @@ def test_fedavg_launch_equals_the_simulation(tmp_path: Path, cache: str):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["tiny"] is True
 
 
+@pytest.mark.slow  # the async path over gRPC is covered in CI by the CNN FedFa launch test
 def test_fedbuff_server_and_clients_run_to_the_end(tmp_path: Path, cache: str):
     over = [*FAST, "data.clients=2", "strategy.name=fedbuff", "strategy.K=2", "strategy.max_in_flight=2",
             "run.rounds=null", "run.max_updates=4"]
