@@ -38,6 +38,15 @@ def cpu_model() -> str:
     return cpu
 
 
+def load_average() -> list[float] | None:
+    """1, 5 and 15 min load averages when the run started: wall-clock figures from a shared
+    machine mean little without them."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
 def machine_info() -> dict:
     cpu = cpu_model()
     return {
@@ -47,6 +56,7 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
+        "load_average": load_average(),
         "python": platform.python_version(),
         "versions": {p: _version(p) for p in
                      ("fedpress", "numpy", "torch", "pysz", "zfpy", "constriction", "zstandard")},
