@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -172,7 +173,8 @@ def test_launch_runs_fedfa_and_writes_the_run_directory(tmp_path: Path):
         env=env(), capture_output=True, text=True, timeout=900,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "client 2 joined" in r.stderr  # the server's progress is streamed
+    # the server's progress is streamed (which clients joined before 9 updates depends on load)
+    assert re.search(r"client \d joined", r.stderr)
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["strategy"] == "fedfa" and s["updates"] >= 9 and s["stop_reason"] == "max_updates"
     evals = [e for e in read_events(run_dir) if e["event"] == "eval"]
