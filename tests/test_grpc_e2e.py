@@ -331,7 +331,7 @@ def test_client_restarted_between_tasks_resyncs_a_stateful_downlink(tmp_path: Pa
     over = [*FAST, "data.clients=3", "run.rounds=6", "codec.name=grad",
             "codec.downlink={name: grad, mode: rel, eb: 0.01}"]
     # back well within the client timeout: the server never sees it as lost
-    run_dir = run_with_a_faulty_client(tmp_path, over, RESTARTED_CLIENT, 30, "quitting between tasks")
+    run_dir = run_with_a_faulty_client(tmp_path, over, RESTARTED_CLIENT, 60, "quitting between tasks")
     events = list(read_events(run_dir))
     mine = [e for e in events if e.get("client") == 2 and e["event"] in ("dispatch", "arrival")]
     accepted = [i for i, e in enumerate(mine) if e["event"] == "arrival" and e["status"] == "accepted"]
