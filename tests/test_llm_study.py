@@ -26,7 +26,46 @@ def test_table_averages_seeds():
     table = study_table(rows)
     line = next(ln for ln in table.splitlines() if ln.startswith("| length"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[:4] == ["length", "0.1", "2", "2.000"] and cells[6] == "4.000"
+    assert cells[:4] == ["length", "0.1", "2", "2.000"] and cells[7] == "4.000"
+
+
+def test_table_shows_gains_over_the_base_model_on_the_same_text():
+    rows = [{"skew": "quality", "alpha": 0.1, "seed": 0, "global_loss": 3.0, "base_loss": 3.5,
+             "local_loss": 4.0, "base_local_loss": 4.25}]
+    head, _, line = study_table(rows).splitlines()[:3]
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    cells = dict(zip(cols, (c.strip() for c in line.strip("|").split("|")), strict=True))
+    assert cells["global_gain"] == "0.500" and cells["local_gain"] == "0.250"
+
+
+def test_local_base_loss_is_the_base_models_loss_on_each_clients_heldout(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    import numpy as np
+    import torch
+
+    from fedpress.llm.simulation import prepare_llm
+    from fedpress.llm.study import local_base_loss
+
+    cfg = load_llm_config(CFG, ["data.skew=length", "data.alpha=0.1"])
+    inp = prepare_llm(cfg)
+    got = local_base_loss(cfg, inp)
+    # independent: peft's own switch-off of the adapter, one sequence at a time, plain log-softmax
+    per_client = []
+    with inp.model.disable_adapter(), torch.no_grad():
+        for held in inp.heldout:
+            if not len(held):
+                continue
+            total, count = 0.0, 0
+            for i in held:
+                ids = torch.as_tensor(np.asarray(inp.corpus.ids[i], dtype=np.int64))[None]
+                logp = torch.log_softmax(inp.model(input_ids=ids).logits.float()[0, :-1], -1)
+                start = max(int(inp.corpus.loss_start[i]), 1)
+                tgt = ids[0, start:]
+                total -= float(logp[start - 1 :].gather(1, tgt[:, None]).sum())
+                count += len(tgt)
+            per_client.append(total / count)
+    assert per_client and got == pytest.approx(float(np.mean(per_client)), rel=1e-4)
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ from fedpress.metrics.events import read_events
 
 from .config import LLMConfig, load_llm_config
 from .run import run_llm
-from .simulation import load_model, prepare_llm
+from .simulation import LLMInputs, _base_weights, load_model, prepare_llm
+from .train import LMTrainer, LMTrainSpec
 
 METRICS = ("loss", "perplexity", "acc_format", "acc_content")
 
@@ -36,6 +37,19 @@ def _first_eval(run_dir: Path) -> dict[str, Any]:
         if ev.get("event") == "eval":
             return ev
     return {}
+
+
+def local_base_loss(cfg: LLMConfig, inp: LLMInputs) -> float | None:
+    """Mean over clients of the BASE model's loss on each client's own held-out split: the
+    reference that makes local losses comparable across partitions (each skew gives clients
+    different held-out text, so a raw local loss compares data more than training)."""
+    trainer = LMTrainer(inp.model, inp.tok, inp.corpus.ids, inp.corpus.loss_start, LMTrainSpec(), cfg.eval.eval_batch)
+    losses = []
+    with _base_weights(inp.model):
+        for held in inp.heldout:
+            if len(held):
+                losses.append(trainer.lm_metrics([trainer.ids[i] for i in held], trainer.loss_start[held])["loss"])
+    return float(np.mean(losses)) if losses else None
 
 
 def study_grid(cfg: LLMConfig) -> list[tuple[str, float, int]]:
@@ -74,12 +88,13 @@ def run_study(config: str | Path | LLMConfig, overrides: Iterable[str] = (), out
         inp = prepare_llm(rc, mt, corpora.get(seed))
         model, corpora[seed] = inp.model, inp.corpus
         w0 = time.time()
+        base_local = local_base_loss(rc, inp)
         s = run_llm(rc, inputs=inp, run_dir=out / rc.run.name)
         base = _first_eval(out / rc.run.name)
         row = {"skew": skew, "alpha": alpha, "seed": seed, "wall_s": time.time() - w0,
                **{f"global_{k}": s["global_metrics"].get(k) for k in METRICS},
                **{k: v for k, v in s["local_metrics"].items()},
-               **{f"base_{k}": base.get(k) for k in METRICS},
+               **{f"base_{k}": base.get(k) for k in METRICS}, "base_local_loss": base_local,
                "agg_rel_error": s["agg_errors"][-1]["agg_rel_error"] if s["agg_errors"] else None,
                "bytes_up": s["bytes_up"], "client_tokens": s["client_tokens"]}
         rows.append(row)
@@ -105,14 +120,47 @@ def _write(out: Path, config: Any, overrides: Iterable[str], cfg: LLMConfig, row
     return path
 
 
+def with_gains(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` plus the loss each model gained over the base model on the same text:
+    ``global_gain`` on the server's test split, ``local_gain`` on the clients' own held-out
+    splits (positive = training helped)."""
+    out = dict(row)
+    if row.get("base_loss") is not None and row.get("global_loss") is not None:
+        out["global_gain"] = row["base_loss"] - row["global_loss"]
+    if row.get("base_local_loss") is not None and row.get("local_loss") is not None:
+        out["local_gain"] = row["base_local_loss"] - row["local_loss"]
+    return out
+
+
+def add_local_base(study_json: str | Path) -> Path:
+    """Add ``base_local_loss`` to the rows of a finished study that lacks it (rebuilding each
+    row's partition, which is deterministic in (skew, alpha, seed)), and rewrite its table."""
+    path = Path(study_json)
+    res = json.loads(path.read_text())
+    cfg = load_llm_config(res["config"])
+    base_model = load_model(cfg)
+    model, corpora = None, {}
+    for row in res["rows"]:
+        over = [f"data.skew={row['skew']}", f"data.alpha={row['alpha']}", f"run.seed={row['seed']}"]
+        rc = load_llm_config(cfg, over)
+        mt = (model, base_model[1]) if model is not None else base_model
+        inp = prepare_llm(rc, mt, corpora.get(row["seed"]))
+        model, corpora[row["seed"]] = inp.model, inp.corpus
+        row["base_local_loss"] = local_base_loss(rc, inp)
+    path.write_text(json.dumps(res, indent=2, default=float) + "\n", encoding="utf-8")
+    (path.parent / "study.md").write_text(study_table(res["rows"]) + "\n", encoding="utf-8")
+    return path
+
+
 def _fmt(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
 
 
 def study_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: per (skew, alpha), mean over seeds of global and local metrics."""
-    keys = ["global_loss", "global_acc_format", "global_acc_content", "local_loss",
-            "local_acc_format", "local_acc_content", "agg_rel_error"]
+    keys = ["global_loss", "global_gain", "global_acc_format", "global_acc_content", "local_loss",
+            "local_gain", "local_acc_format", "local_acc_content", "agg_rel_error"]
+    rows = [with_gains(r) for r in rows]
     head = "| skew | alpha | seeds | " + " | ".join(keys) + " |"
     lines = [head, "|" + "---|" * (len(keys) + 3)]
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
