@@ -77,3 +77,29 @@ def test_tiny_study_end_to_end(tmp_path):
                            f"run.out_dir={tmp_path}"], out_dir=tmp_path / "s", progress=False)
     res = json.loads(path.read_text())
     assert res["runs_done"] == 2 and (tmp_path / "s" / "study.png").is_file()
+
+
+def _part(tmp_path: Path, name: str, seed: int, overrides: list[str]) -> Path:
+    cfg = load_llm_config(CFG, overrides)
+    rows = [{"skew": "iid", "alpha": 0.1, "seed": seed, "global_loss": 3.0 + seed, "base_loss": 4.0,
+             "local_loss": 5.0, "base_local_loss": 5.5, "wall_s": 1.0}]
+    path = tmp_path / name / "study.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"command": f"part {seed}", "wall_s": 1.0, "runs_planned": 1, "machine": {},
+                                "config": cfg.model_dump(mode="json"), "rows": rows}))
+    return path
+
+
+def test_merge_joins_parts_of_one_config_and_refuses_another(tmp_path):
+    from fedpress.llm.study import merge_studies
+
+    a = _part(tmp_path, "a", 0, ["study.seeds=[0]"])
+    b = _part(tmp_path, "b", 1, ["study.seeds=[1]"])
+    out = merge_studies(CFG, [], [a, b], tmp_path / "merged")
+    res = json.loads(out.read_text())
+    assert [r["seed"] for r in res["rows"]] == [0, 1] and res["runs_planned"] == 2
+    line = next(ln for ln in (tmp_path / "merged" / "study.md").read_text().splitlines() if ln.startswith("| iid"))
+    assert "| 2 | 3.500 | 0.500 |" in line  # two seeds: mean loss 3.5, gain 0.5 over the base
+    other = _part(tmp_path, "c", 2, ["train.lr=0.5"])
+    with pytest.raises(ValueError, match="another config.*train"):
+        merge_studies(CFG, [], [a, other], tmp_path / "bad")

@@ -39,8 +39,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from .study import run_study
+    from .study import merge_studies, run_study
 
+    if args.merge:
+        if not args.out:
+            raise ValueError("--merge needs --out")
+        print(merge_studies(args.config, args.overrides, args.merge, args.out))
+        return 0
     path = run_study(args.config, args.overrides, out_dir=args.out, progress=not args.quiet)
     print(path)
     return 0
@@ -71,6 +76,9 @@ def _parser(name: str) -> argparse.ArgumentParser:
         sp.add_argument("--run-dir", default=None, help="default: run.out_dir/<run name>")
     else:
         sp.add_argument("--out", default=None, help="output folder")
+    if name == "study":
+        sp.add_argument("--merge", nargs="+", metavar="STUDY_JSON",
+                        help="merge finished studies of CONFIG (e.g. one seed each) into --out instead of running")
     return sp
 
 

@@ -132,23 +132,52 @@ def with_gains(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def add_local_base(study_json: str | Path) -> Path:
-    """Add ``base_local_loss`` to the rows of a finished study that lacks it (rebuilding each
-    row's partition, which is deterministic in (skew, alpha, seed)), and rewrite its table."""
-    path = Path(study_json)
-    res = json.loads(path.read_text())
-    cfg = load_llm_config(res["config"])
+def fill_local_base(cfg: LLMConfig, rows: list[dict[str, Any]]) -> None:
+    """Add ``base_local_loss`` to rows that lack it (a study run before it was recorded),
+    rebuilding each row's partition, which is deterministic in (skew, alpha, seed)."""
+    todo = [r for r in rows if r.get("base_local_loss") is None]
+    if not todo:
+        return
     base_model = load_model(cfg)
     model, corpora = None, {}
-    for row in res["rows"]:
+    for row in todo:
         over = [f"data.skew={row['skew']}", f"data.alpha={row['alpha']}", f"run.seed={row['seed']}"]
         rc = load_llm_config(cfg, over)
         mt = (model, base_model[1]) if model is not None else base_model
         inp = prepare_llm(rc, mt, corpora.get(row["seed"]))
         model, corpora[row["seed"]] = inp.model, inp.corpus
         row["base_local_loss"] = local_base_loss(rc, inp)
+
+
+def merge_studies(config: str | Path | LLMConfig, overrides: Iterable[str], sources: Iterable[str | Path],
+                  out_dir: str | Path) -> Path:
+    """One study from finished parts (e.g. one seed per process or machine): each part must have
+    run ``config`` (the study section aside); rows are concatenated, local baselines filled in,
+    and ``study.json``, ``study.md`` and ``study.png`` written to ``out_dir``."""
+    cfg = load_llm_config(config, overrides)
+    want = cfg.model_dump(mode="json", exclude={"study", "run"})
+    parts = [(str(p), json.loads(Path(p).read_text())) for p in sources]
+    rows: list[dict[str, Any]] = []
+    for name, res in parts:
+        got = load_llm_config(res["config"]).model_dump(mode="json", exclude={"study", "run"})
+        if got != want:
+            diff = sorted(k for k in want if want[k] != got.get(k))
+            raise ValueError(f"{name} ran another config (sections differ: {', '.join(diff)})")
+        rows += res["rows"]
+    fill_local_base(cfg, rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    res = {"command": "fedpress llm study " + " ".join([str(config), *overrides, "--merge",
+                                                        *(n for n, _ in parts), "--out", str(out)]),
+           "sources": [{"path": n, "command": r["command"], "wall_s": r["wall_s"], "machine": r["machine"]}
+                       for n, r in parts],
+           "git_commit": _git_commit(), "machine": machine_info(), "wall_s": sum(r["wall_s"] for _, r in parts),
+           "runs_done": len(rows), "runs_planned": sum(r["runs_planned"] for _, r in parts),
+           "config": cfg.model_dump(mode="json"), "rows": rows}
+    path = out / "study.json"
     path.write_text(json.dumps(res, indent=2, default=float) + "\n", encoding="utf-8")
-    (path.parent / "study.md").write_text(study_table(res["rows"]) + "\n", encoding="utf-8")
+    (out / "study.md").write_text(study_table(rows) + "\n", encoding="utf-8")
+    plot_study(rows, out / "study.png")
     return path
 
 
