@@ -116,7 +116,7 @@ class GrpcTransport(Transport):
         self._dirty = True
         self._closed = False
         self._stopped_clients: set[int] = set()
-        self._joined: set[int] = set()
+        self._restarted: set[int] = set()  # clients that joined again: codec streams lost
         self._served: set[int] = set()  # clients that fetched a task from this process
         self._restored = False
         self.wire = {"down": 0, "up": 0, "control": 0}
@@ -175,8 +175,8 @@ class GrpcTransport(Transport):
 
     def restarted_clients(self) -> set[int]:
         with self._cond:
-            joined, self._joined = self._joined, set()
-        return joined
+            restarted, self._restarted = self._restarted, set()
+        return restarted
 
     # -- arrivals -----------------------------------------------------------------------------
     def _arrival(self, p: _Pending) -> Arrival:
@@ -245,7 +245,7 @@ class GrpcTransport(Transport):
         restart from a keyframe."""
         with self._cond:
             if client_id in self._served or self._restored:
-                self._joined.add(client_id)
+                self._restarted.add(client_id)
             self._last_seen[client_id] = self.now()
 
     def touch(self, client_id: int) -> None:
