@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
-import platform
-import shlex
-import subprocess
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -22,38 +17,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 SCRATCH = RESULTS / "tmp"  # run directories (git-ignored)
 
 
-def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
-
-
-def git_commit() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    commit = git("rev-parse", "HEAD") or "unknown (no commit yet)"
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    return {"commit": commit, "dirty": dirty}
-
-
-def machine_info() -> dict[str, Any]:
-    import numpy
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "torch": torch.__version__,
-        "torch_threads_per_run": 1,
-    }
-
-
 def provenance() -> dict[str, Any]:
-    return {"command": command_line(), "git": git_commit(), "machine": machine_info()}
+    """Command, commit (``+dirty`` when the tree had changes) and machine, from the one
+    ``fedpress.bench.machine`` every benchmark uses; runs here use one torch thread each."""
+    from fedpress.bench.machine import machine_info
+
+    info = machine_info()
+    return {"command": info.pop("command"), "git_commit": info.pop("git_commit"),
+            "machine": {**info, "torch_threads_per_run": 1}}
 
 
 def run_parallel(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int) -> list[Any]:
