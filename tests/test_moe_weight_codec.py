@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedpress.codec.errors import CodecError, PayloadError
-from fedpress.moe.fixedrate import FixedRateCodec, decode_torch
+from fedpress.moe.fixedrate import FixedRateCodec, decode_cpu, decode_torch
 from fedpress.moe.weight_codec import CodecSpec, decode_expert, encode_expert
 
 BOUNDED = ["fixedrate", "fast", "grad", "linear", "sz3", "zfp"]
@@ -50,8 +50,9 @@ def test_fp16_is_within_half_precision() -> None:
         assert np.array_equal(decoded[key].numpy(), x.astype(np.float16).astype(np.float32))
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "torch"])
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 7, 8, 9, 10, 12, 16])
-def test_fixedrate_torch_unpacking_matches_a_plain_reference(bits: int) -> None:
+def test_fixedrate_unpacking_matches_a_plain_reference(bits: int, fused: bool) -> None:
     rng = np.random.default_rng(bits)
     x = rng.uniform(-1, 1, size=(37, 29)).astype(np.float32)  # not a multiple of the block
     codec = FixedRateCodec("rel", 0.9, block=64, bits=bits)
@@ -64,7 +65,7 @@ def test_fixedrate_torch_unpacking_matches_a_plain_reference(bits: int) -> None:
     step = ((blocks.max(1).astype(np.float64) - lo) / (2**bits - 1)).astype(np.float32)
     q = np.clip(np.rint((blocks - lo[:, None]) / step[:, None]), 0, 2**bits - 1)
     ref = (q.astype(np.float32) * step[:, None] + lo[:, None]).reshape(-1)[: x.size].reshape(x.shape)
-    got = decode_torch(frame, x.shape).numpy()
+    got = decode_torch(frame, x.shape, fused=fused).numpy()
     assert np.array_equal(got, ref)
     assert len(frame) == 14 + nb * 8 + nb * 64 * bits // 8
 
@@ -73,6 +74,72 @@ def test_fixedrate_constant_and_tiny_tensors() -> None:
     for x in (np.full((3, 5), 0.25, np.float32), np.array([1.5], np.float32)):
         frame = FixedRateCodec("rel", 1e-3).encode(x)
         assert np.array_equal(decode_torch(frame, x.shape).numpy(), x)
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype == np.float32 and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+@pytest.mark.parametrize("block", [8, 64, 256])
+def test_fused_and_torch_decoders_equal_the_numpy_reference_bit_for_bit(block: int) -> None:
+    rng = np.random.default_rng(block)
+    x = (rng.standard_normal((41, 23)) * 0.1).astype(np.float32)  # 943: not a multiple of a block
+    x[3, :5] = -0.0  # signed zeros must come out with the reference's sign
+    ref_codec = FixedRateCodec()
+    frames = [FixedRateCodec("rel", 0.9, block=block, bits=b).encode(x) for b in range(1, 17)]
+    frames.append(FixedRateCodec("rel", 1e-3, block=block).encode(np.full_like(x, -0.75)))  # bits=0
+    assert sorted({f[1] for f in frames}) == list(range(17))
+    for frame in frames:
+        ref = ref_codec.decode(frame, x.shape, np.float32)
+        fused = decode_cpu(memoryview(frame), x.shape)
+        assert fused.dtype == torch.float32 and tuple(fused.shape) == x.shape
+        assert same_bits(fused.numpy(), ref), frame[1]
+        assert same_bits(decode_torch(frame, x.shape, fused=False).numpy(), ref), frame[1]
+
+
+@pytest.mark.parametrize("mode,eb", [("rel", 0.2), ("rel", 1e-2), ("rel", 1e-3), ("rel", 1e-4),
+                                     ("abs", 1e-3), ("rel", 1e-5)])
+def test_fused_decoder_holds_the_bound_on_every_element(mode: str, eb: float) -> None:
+    x = np.random.default_rng(3).laplace(size=(300, 7)).astype(np.float32)
+    frame = FixedRateCodec(mode, eb, block=32).encode(x)
+    bound = eb * (float(x.max()) - float(x.min())) if mode == "rel" else eb
+    err = np.abs(decode_cpu(frame, x.shape).numpy().astype(np.float64) - x.astype(np.float64))
+    assert err.max() <= bound, (frame[1], err.max(), bound)
+
+
+def test_fused_decoder_refuses_truncated_or_malformed_frames() -> None:
+    x = np.linspace(-1, 1, 100, dtype=np.float32)
+    frame = FixedRateCodec("rel", 1e-3, block=16).encode(x)
+    for bad in (frame[:-1], frame + b"\0", frame[:10], frame[:14]):
+        with pytest.raises(PayloadError):
+            decode_cpu(bad, x.shape)
+    with pytest.raises(PayloadError, match="elements"):
+        decode_cpu(frame, (99,))
+    wide = bytearray(frame)
+    wide[1] = 17  # more bits than the format allows
+    with pytest.raises(PayloadError):
+        decode_cpu(bytes(wide), x.shape)
+    with pytest.raises(ValueError, match="CPU"):
+        decode_torch(frame, x.shape, "meta", fused=True)
+
+
+def test_store_views_decode_like_bytes_and_stay_checked() -> None:
+    """A payload read in place (memoryview of a larger buffer, as the store hands out) decodes
+    exactly like a standalone copy, for raw and fixedrate, and a flipped bit in it is refused."""
+    tensors = expert_tensors(4)
+    for spec in ("raw", "fixedrate:eb=0.001,fit=1"):
+        payload = encode_expert(tensors, CodecSpec.parse(spec))
+        blob = b"xyz" + payload + b"tail"
+        view = memoryview(blob)[3 : 3 + len(payload)]
+        a, _ = decode_expert(view)
+        b, _ = decode_expert(bytes(payload))
+        for key in tensors:
+            assert same_bits(a[key].numpy(), b[key].numpy())
+            a[key].add_(1.0)  # decoded tensors own writable memory, not the store's
+        bad = bytearray(blob)
+        bad[3 + len(payload) - 2] ^= 0x01
+        with pytest.raises(PayloadError, match="checksum"):
+            decode_expert(memoryview(bytes(bad))[3 : 3 + len(payload)])
 
 
 def test_flipped_byte_in_a_stored_expert_is_detected() -> None:

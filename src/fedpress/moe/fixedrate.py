@@ -8,7 +8,9 @@ Layout: the flattened tensor is cut into blocks of ``block`` elements; each bloc
 minimum ``lo`` and step ``s`` (float32) and every element ``q = round((x - lo) / s)`` in ``b`` bits
 (the same ``b`` for the whole tensor, chosen as the smallest that meets the bound in every
 block). The reconstruction is ``q * s + lo`` in float32, computed the same way by the numpy
-encoder (which verifies the bound on it) and the torch decoder.
+encoder (which verifies the bound on it) and both run-time decoders: plain torch ops on a GPU
+(``decode_torch``), and on a CPU one fused numba pass (``decode_cpu``, ``fixedrate_cpu``), since
+there a chain of tensor ops costs one memory pass each.
 
 Frame: ``u8 kind | u8 bits | u32 block | u64 n | f32 lo[nb] | f32 step[nb] | planes``; for
 ``b <= 8`` one plane of ``b``-bit codes (8 codes in ``b`` bytes, little-endian), for ``b > 8`` a
@@ -25,6 +27,8 @@ import numpy as np
 
 from fedpress.codec.base import BoundedCodec, LayerState, check_dtype, check_finite, register_codec
 from fedpress.codec.errors import CodecError, PayloadError
+
+from .fixedrate_cpu import decode_into
 
 _HEAD = struct.Struct("<BBIQ")
 KIND = 7
@@ -236,12 +240,44 @@ def _codes(buf, bits: int, n: int, block: int, unpack):
     return low | (high << 8)
 
 
-def decode_torch(frame: bytes, shape: tuple[int, ...], device: Any = "cpu") -> Any:
-    """Decode a fixedrate frame with torch ops on ``device``: only the packed bytes are copied."""
+def decode_cpu(frame: bytes | memoryview, shape: tuple[int, ...]) -> Any:
+    """Decode a fixedrate frame into a new CPU float32 tensor with the fused numba kernel.
+
+    The frame is read in place (no copy of the packed bytes); the kernel writes straight into
+    the tensor's memory, bit-identical to the numpy reference ``FixedRateCodec.decode``.
+    """
     import torch
 
     bits, block, n, lo, step, planes = parse_frame(frame, shape)
+    buf = np.frombuffer(planes, dtype=np.uint8)
+    total = lo.size * block
+    if bits > 8:
+        low, high, kl, kh = buf[:total], buf[total:], 8, bits - 8
+    else:
+        low, high, kl, kh = buf, buf[:0], bits, 0
+    out = torch.empty(n, dtype=torch.float32)
+    decode_into(low, kl, high, kh, block, lo, step, out.numpy())
+    return out.reshape(shape)
+
+
+def decode_torch(frame: bytes | memoryview, shape: tuple[int, ...], device: Any = "cpu",
+                 fused: bool | None = None) -> Any:
+    """Decode a fixedrate frame into a float32 tensor on ``device``.
+
+    On a CPU (``fused`` None or True) the fused numba kernel (``decode_cpu``) does it in one
+    pass; elsewhere (or with ``fused=False``) plain torch ops on ``device`` unpack and scale, so
+    only the packed bytes are copied to the device.
+    """
+    import torch
+
     dev = torch.device(device)
+    if fused is None:
+        fused = dev.type == "cpu"
+    if fused:
+        if dev.type != "cpu":
+            raise ValueError(f"the fused fixedrate decoder runs on the CPU, not {dev}")
+        return decode_cpu(frame, shape)
+    bits, block, n, lo, step, planes = parse_frame(frame, shape)
     buf = torch.frombuffer(bytearray(planes), dtype=torch.uint8).to(dev, non_blocking=True) if len(
         planes
     ) else torch.empty(0, dtype=torch.uint8, device=dev)

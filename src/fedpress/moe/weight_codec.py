@@ -3,9 +3,13 @@
 Why the wire format: a stored expert must be rebuilt from its bytes alone (codec names and
 parameters in the header) and a flipped bit must be caught, not used. ``fedpress.codec.wire``
 already gives both (CRC32 of the header and of every frame), so an expert is one ``Envelope``
-whose frames come from any codec of the codec layer. The ``fixedrate`` frames are decoded by
-torch on the compute device (``fixedrate.decode_torch``); the others by their numpy decoders on
-the host, then copied.
+whose frames come from any codec of the codec layer. The ``fixedrate`` frames are decoded on the
+compute device (``fixedrate.decode_torch``: a fused numba pass on a CPU, torch ops elsewhere); the
+others by their numpy decoders on the host, then copied.
+
+The payload is read in place (a view into the store's bytes or memory map, no ``bytes`` copy);
+the CRC32s are verified on every load. A frame that a decoder could return as a view (``raw``)
+is copied out once by ``from_le_bytes``, since the store's memory is read-only.
 """
 
 from __future__ import annotations
@@ -107,16 +111,19 @@ class DecodeTiming:
 
 
 def decode_expert(
-    payload: bytes | memoryview, device: Any = "cpu", expect: Mapping[str, Any] | None = None
+    payload: bytes | memoryview, device: Any = "cpu", expect: Mapping[str, Any] | None = None,
+    fused: bool | None = None,
 ) -> tuple[dict[str, Any], DecodeTiming]:
     """Verify checksums (and that the meta matches ``expect``), rebuild the tensors on ``device``.
 
-    Raises ``PayloadError`` on a corrupted payload or one that names another expert.
+    ``fused`` picks the fixedrate decoder (None: the fused kernel on a CPU, torch elsewhere;
+    False: torch ops, which benchmarks and tests use to compare the two). Raises
+    ``PayloadError`` on a corrupted payload or one that names another expert.
     """
     import torch
 
     t0 = time.perf_counter()
-    env = unpack(bytes(payload))
+    env = unpack(payload)  # reads a memoryview in place; every CRC is still checked here
     for key, value in (expect or {}).items():
         if env.meta.get(key) != value:
             raise PayloadError(f"payload is for {key} {env.meta.get(key)!r}, expected {value!r}")
@@ -125,7 +132,7 @@ def decode_expert(
     dev = torch.device(device)
     for entry, frame in zip(env.tensors, env.frames, strict=True):
         if entry.codec == "fixedrate":
-            t = decode_torch(frame, entry.shape, dev)  # unpacks on the device
+            t = decode_torch(frame, entry.shape, dev, fused)  # unpacks on the device
             timing.device_bytes += len(frame)
         else:
             arr = get_codec(entry.codec, **entry.params).decode(frame, entry.shape, np.float32)
