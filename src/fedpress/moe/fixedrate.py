@@ -249,14 +249,8 @@ def decode_cpu(frame: bytes | memoryview, shape: tuple[int, ...]) -> Any:
     import torch
 
     bits, block, n, lo, step, planes = parse_frame(frame, shape)
-    buf = np.frombuffer(planes, dtype=np.uint8)
-    total = lo.size * block
-    if bits > 8:
-        low, high, kl, kh = buf[:total], buf[total:], 8, bits - 8
-    else:
-        low, high, kl, kh = buf, buf[:0], bits, 0
     out = torch.empty(n, dtype=torch.float32)
-    decode_into(low, kl, high, kh, block, lo, step, out.numpy())
+    decode_into(np.frombuffer(planes, dtype=np.uint8), bits, block, lo, step, out.numpy())
     return out.reshape(shape)
 
 
