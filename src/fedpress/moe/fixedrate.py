@@ -1,4 +1,4 @@
-"""A fixed-rate, error-bounded weight codec whose decoder is plain torch.
+"""A fixed-rate, error-bounded weight codec whose decoders are plain torch (any device) and one numba pass (CPU).
 
 Why a new mode: entropy-coded codecs (``fast``, ``sz3``) compress better, but their decoders run
 on the host, serially. Expert weights are decoded on every cache miss, on the compute device, so
