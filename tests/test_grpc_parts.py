@@ -402,6 +402,12 @@ def test_downloads_and_uploads_wait_for_a_free_transfer_slot(served):
     assert busy.wait(5)
     runner.go.set()
     assert t.next_event(deadline=t.now() + 1.0) is None  # its result cannot get in
+    end = time.monotonic() + 10
+    while client.stats.wire["up"] == 0 and time.monotonic() < end:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    # while it waits, the client has sent its result header and not one payload byte
+    assert 0 < client.stats.wire["up"] < 1000 < len(m["w"]) * 4
     free.set()
     holder.join(5)
     ev = t.next_event(deadline=t.now() + 20)

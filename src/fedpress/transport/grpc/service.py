@@ -26,6 +26,8 @@ from .transport import GrpcTransport, wire_size
 
 PROTOCOL = "fedpress.v1"
 CHUNK = 1 << 20
+#: initial-metadata key of an Upload: the server has a transfer slot for it, send the payload
+SLOT_GRANTED = "x-fedpress-slot"
 log = logging.getLogger("fedpress.grpc")
 
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -76,10 +78,11 @@ class TransferSlots:
     Why: every transfer in progress holds gRPC's buffers for its stream (up to an HTTP/2 window,
     which BDP probing sizes to the link: megabytes on a fast one) and a chunk or two. With a
     limit, the server's memory is bounded by ``limit`` transfers whatever the number of
-    clients; a transfer past the limit waits (its client keeps heartbeating) and an upload's
-    client can send no more than one stream window before the server starts reading it. The
-    price is time when clients sit behind independent slow links: transfers that could have
-    overlapped queue instead. ``limit=0`` means no limit.
+    clients. A transfer past the limit waits, and costs nothing meanwhile: a download's header is
+    not sent yet, and an upload's client sends its header, then waits for the server's initial
+    metadata (``SLOT_GRANTED``, sent once the slot is held) before any payload byte. Its client
+    keeps heartbeating. The price is time when clients sit behind independent slow links:
+    transfers that could have overlapped queue instead. ``limit=0`` means no limit.
     """
 
     def __init__(self, limit: int = 0) -> None:
@@ -207,6 +210,8 @@ class FederationService(pb_grpc.FederationServicer):
         with self.slots.hold(context.is_active) as held:
             if not held:
                 context.abort(grpc.StatusCode.CANCELLED, "the upload ended while it waited for a transfer slot")
+            # the client sends its payload only after this: a waiting upload costs its header alone
+            context.send_initial_metadata(((SLOT_GRANTED, "1"),))
             t0 = time.monotonic()
             nbytes = wire_size(first.ByteSize())
             writer = self.t.journal.begin()
