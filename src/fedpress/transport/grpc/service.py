@@ -44,10 +44,17 @@ _MAX_KEYS = 64
 MAX_CHUNK = 16 << 20
 
 
+#: the most a connection's socket reads at once; gRPC's default (4 MiB) lets every connection
+#: that once moved a payload keep a read buffer that large while idle: memory per client
+MAX_READ_CHUNK = 256 * 1024
+
+
 def channel_options() -> list[tuple[str, Any]]:
-    """Options both ends use: room for one chunk per message, and keepalive pings so a dead
-    peer is noticed even while a long transfer or training step is under way."""
+    """Options both ends use: room for one chunk per message, socket reads of at most
+    ``MAX_READ_CHUNK``, and keepalive pings so a dead peer is noticed even while a long
+    transfer or training step is under way."""
     return [
+        ("grpc.experimental.tcp_max_read_chunk_size", MAX_READ_CHUNK),
         ("grpc.max_receive_message_length", MAX_CHUNK + 64 * 1024),
         ("grpc.max_send_message_length", MAX_CHUNK + 64 * 1024),
         ("grpc.keepalive_time_ms", 10_000),
