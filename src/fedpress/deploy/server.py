@@ -201,13 +201,21 @@ def build(cfg: ExperimentConfig | Any, out: Path, args: argparse.Namespace) -> d
     return summary
 
 
-def cap_malloc_arenas(arenas: int = 2) -> bool:
-    """Limit glibc's malloc to ``arenas`` heaps. glibc gives allocating threads their own arenas
-    and keeps freed chunks there; with a gRPC handler thread per client stream the server's peak
-    memory grew with the number of clients from that alone (``bench_grpc_memory.py``: 876 MiB
-    at 16 clients against 748 MiB with two arenas). Returns False where this is not glibc."""
+def cap_malloc_arenas(arenas: int = 2, mmap_threshold: int = 256 * 1024) -> bool:
+    """Limit glibc's malloc to ``arenas`` heaps and serve blocks of ``mmap_threshold`` bytes or
+    more (payloads, chunks, decoded tensors) from their own mappings, returned to the system
+    when freed.
+
+    Why: glibc gives allocating threads their own arenas and keeps freed chunks there; with a
+    gRPC handler thread per client stream the server's peak memory grew with the number of
+    clients from that alone (``bench_grpc_memory.py``: 876 MiB at 16 clients against 748 MiB
+    with two arenas). And glibc raises its mmap threshold after the first large free, after
+    which multi-MB payloads come from the heap and fragment it. Returns False where this is not
+    glibc."""
     try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-8, arenas))  # -8: M_ARENA_MAX
+        libc = ctypes.CDLL("libc.so.6")
+        # -8: M_ARENA_MAX; -3: M_MMAP_THRESHOLD (setting it also stops glibc from moving it)
+        return bool(libc.mallopt(-8, arenas)) and bool(libc.mallopt(-3, mmap_threshold))
     except (OSError, AttributeError):
         return False
 
