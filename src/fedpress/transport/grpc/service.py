@@ -44,8 +44,9 @@ _MAX_KEYS = 64
 MAX_CHUNK = 16 << 20
 
 
-#: the most a connection's socket reads at once; gRPC's default (4 MiB) lets every connection
-#: that once moved a payload keep a read buffer that large while idle: memory per client
+#: the most a connection's socket reads at once: a bound on the buffer each connection's pending
+#: read holds (gRPC grows it up to 4 MiB after large reads). A bound, not a measured saving: its
+#: effect on the server's peak was within the noise of ``bench_grpc_memory.py``
 MAX_READ_CHUNK = 256 * 1024
 
 
