@@ -11,7 +11,6 @@ resumes from the last checkpoint and replays the journaled uploads it had not us
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import shutil
@@ -28,6 +27,7 @@ from fedpress.transport.grpc import GrpcTransport, Journal, TransferSlots, start
 from fedpress.transport.grpc.auth import TokenInterceptor, read_tokens, server_credentials
 
 from . import checkpoint as ckpt
+from .memory import MemoryTrimmer, cap_malloc_arenas
 from .workload import resolve, workload_of
 
 CHECKPOINT_FILE = "checkpoint.fpck"
@@ -201,30 +201,12 @@ def build(cfg: ExperimentConfig | Any, out: Path, args: argparse.Namespace) -> d
     return summary
 
 
-def cap_malloc_arenas(arenas: int = 2, mmap_threshold: int = 256 * 1024) -> bool:
-    """Limit glibc's malloc to ``arenas`` heaps and serve blocks of ``mmap_threshold`` bytes or
-    more (payloads, chunks, decoded tensors) from their own mappings, returned to the system
-    when freed.
-
-    Why: glibc gives allocating threads their own arenas and keeps freed chunks there; with a
-    gRPC handler thread per client stream the server's peak memory grew with the number of
-    clients from that alone (``bench_grpc_memory.py``: 876 MiB at 16 clients against 748 MiB
-    with two arenas). And glibc raises its mmap threshold after the first large free, after
-    which multi-MB payloads come from the heap and fragment it. Returns False where this is not
-    glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        # -8: M_ARENA_MAX; -3: M_MMAP_THRESHOLD (setting it also stops glibc from moving it)
-        return bool(libc.mallopt(-8, arenas)) and bool(libc.mallopt(-3, mmap_threshold))
-    except (OSError, AttributeError):
-        return False
-
-
 def main_server(argv: list[str] | None = None) -> int:
     """``fedpress server CONFIG [key=value ...] [--address HOST:PORT] [--tls-cert F --tls-key F]
     [--tokens FILE] [--checkpoint-dir DIR]``"""
     args = parse_args(argv)
     cap_malloc_arenas()  # before the gRPC threads start
+    MemoryTrimmer().start()  # for the life of the process
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="[server] %(message)s", stream=sys.stderr)
     from fedpress.codec.errors import CodecError
