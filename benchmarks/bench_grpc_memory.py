@@ -70,7 +70,8 @@ def _rss_mib(rss_file: Path) -> float:
 
 
 # -- part 1: server memory against the number of clients ---------------------------------------
-def clients_case(n: int, codec: str, rounds: int, samples: int, scratch: Path, timeout: float) -> dict[str, Any]:
+def clients_case(n: int, codec: str, rounds: int, samples: int, scratch: Path, timeout: float,
+                 max_transfers: int | None = None) -> dict[str, Any]:
     """One federated run with ``n`` client processes; the server's peak RSS and its summary."""
     py = [sys.executable, "-m", "fedpress.cli"]
     config = str(ROOT / "configs" / "grpc_cnn_fedavg.yaml")
@@ -87,14 +88,15 @@ def clients_case(n: int, codec: str, rounds: int, samples: int, scratch: Path, t
     run_processes(
         Loopback(n),
         _timed([*py, "server", config, *over, "--address", f"127.0.0.1:{port}", "--run-dir", str(run_dir),
-                "--join-timeout", "600", "--client-timeout", "120", "--quiet"], rss),
+                "--join-timeout", "600", "--client-timeout", "120", "--quiet",
+                *([] if max_transfers is None else ["--max-transfers", str(max_transfers)])], rss),
         lambda i, ip: [*py, "client", config, *over, "--server", f"{ip}:{port}", "--id", str(i), "--quiet"],
         run_dir / "logs", timeout, _env())
     s = json.loads((run_dir / "summary.json").read_text())
     return {"clients": n, "codec": codec, "rounds": rounds, "samples_per_client": samples,
             "server_peak_rss_mib": _rss_mib(rss), "wall_s": time.monotonic() - t0,
             "bytes_up": s.get("bytes_up"), "bytes_down": s.get("bytes_down"),
-            "final_accuracy": s.get("final_accuracy")}
+            "final_accuracy": s.get("final_accuracy"), "transfers": s.get("transfers")}
 
 
 # -- part 2: a payload over gRPC's 2 GiB message limit --------------------------------------------
@@ -177,6 +179,11 @@ def stream_case(size: int, scratch: Path, timeout: float) -> dict[str, Any]:
             "wall_s": time.monotonic() - t0}
 
 
+def _limit(row: dict[str, Any], asked: int | None) -> int:
+    """The limit a run was asked for (``None``: the server's default, which its summary names)."""
+    return row["transfers"]["max"] if asked is None else asked
+
+
 def plot(res: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -184,15 +191,16 @@ def plot(res: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for codec in dict.fromkeys(c["codec"] for c in res["clients"]):
-        rows = [c for c in res["clients"] if c["codec"] == codec]
-        ax.plot([c["clients"] for c in rows], [c["server_peak_rss_mib"] for c in rows], marker="o", label=codec)
+    for codec, limit in dict.fromkeys((c["codec"], (c.get("transfers") or {}).get("max")) for c in res["clients"]):
+        rows = [c for c in res["clients"] if c["codec"] == codec and (c.get("transfers") or {}).get("max") == limit]
+        label = codec if limit is None else f"{codec}, max transfers {limit or 'unbounded'}"
+        ax.plot([c["clients"] for c in rows], [c["server_peak_rss_mib"] for c in rows], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("client processes")
     ax.set_ylabel("server peak RSS (MiB)")
     ax.set_title("fedpress server memory vs clients (cnn-fedavg, gRPC)")
     ax.set_ylim(bottom=0)
-    ax.legend(title="codec")
+    ax.legend(title="codec", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -212,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream-gib", type=float, default=None, help="payload of the stream test (default 2.1)")
     p.add_argument("--out", default=None)
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--max-transfers", default=None,
+                   help="comma list of the server's --max-transfers to compare (default: its default)")
     args = p.parse_args(argv)
     if not Path(TIME).exists():
         print("bench_grpc_memory: skipped: needs GNU time (/usr/bin/time) to read peak memory")
@@ -234,23 +244,28 @@ def main(argv: list[str] | None = None) -> int:
                            "machine": machine_info(), "clients": [], "stream": None}
     with tempfile.TemporaryDirectory(prefix="fp-mem-") as tmp:
         scratch = Path(tmp)
+        limits = [int(x) for x in args.max_transfers.split(",")] if args.max_transfers else [None]
         for codec in codecs:
-            for n in counts:
-                print(f"[clients] {codec} x {n} ...", flush=True)
-                c = clients_case(n, codec, args.rounds, args.samples, scratch, args.timeout)
-                print(f"  server peak {c['server_peak_rss_mib']:.0f} MiB", flush=True)
-                res["clients"].append(c)
+            for limit in limits:
+                for n in counts:
+                    print(f"[clients] {codec} x {n} (max transfers {'default' if limit is None else (limit or 'unbounded')}) ...",
+                          flush=True)
+                    c = clients_case(n, codec, args.rounds, args.samples, scratch, args.timeout, limit)
+                    print(f"  server peak {c['server_peak_rss_mib']:.0f} MiB, transfers {c['transfers']}", flush=True)
+                    res["clients"].append(c)
         size = int(gib * 2**30)
         print(f"[stream] {size} bytes ...", flush=True)
         res["stream"] = stream_case(size, scratch, args.timeout)
         print(f"  intact {res['stream']['intact']}, server {res['stream']['server_peak_over_payload']:.2f}x, "
               f"client {res['stream']['client_peak_over_payload']:.2f}x the payload", flush=True)
     for codec in codecs:
-        rows = [c for c in res["clients"] if c["codec"] == codec]
-        lo, hi = rows[0], rows[-1]
-        res.setdefault("growth", {})[codec] = {
-            "mib_per_client": (hi["server_peak_rss_mib"] - lo["server_peak_rss_mib"]) / max(hi["clients"] - lo["clients"], 1),
-            "from": lo["clients"], "to": hi["clients"]}
+        for limit in limits:
+            rows = [c for c in res["clients"] if c["codec"] == codec and c["transfers"]["max"] == _limit(c, limit)]
+            lo, hi = rows[0], rows[-1]
+            key = codec if len(limits) == 1 else f"{codec}, max transfers {rows[0]['transfers']['max']}"
+            res.setdefault("growth", {})[key] = {
+                "mib_per_client": (hi["server_peak_rss_mib"] - lo["server_peak_rss_mib"]) / max(hi["clients"] - lo["clients"], 1),
+                "from": lo["clients"], "to": hi["clients"], "max_transfers": rows[0]["transfers"]["max"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     plot(res, out.with_suffix(".png"))

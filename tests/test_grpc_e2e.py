@@ -194,8 +194,8 @@ config, addr, cid, mode, *over = sys.argv[1:]
 runner = build_runner(load_config(config, over), int(cid))  # the slow part: imports, data
 
 class Dying(GrpcClient):
-    def _chunks(self, task_id, r):
-        for i, msg in enumerate(super()._chunks(task_id, r)):
+    def _chunks(self, task_id, r, granted):
+        for i, msg in enumerate(super()._chunks(task_id, r, granted)):
             if self.stats.tasks >= 2 and i == 3:
                 print("dying mid-upload", flush=True)
                 os._exit(9)  # killed: the header and two chunks are out

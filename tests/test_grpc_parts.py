@@ -15,7 +15,14 @@ from fedpress.codec.routing import Policy
 from fedpress.codec.stream import StreamDecoder, StreamEncoder
 from fedpress.deploy import checkpoint as ckpt
 from fedpress.transport.base import ClientResult
-from fedpress.transport.grpc import GrpcClient, GrpcTransport, Journal, RefusedError, start_server
+from fedpress.transport.grpc import (
+    GrpcClient,
+    GrpcTransport,
+    Journal,
+    RefusedError,
+    TransferSlots,
+    start_server,
+)
 from fedpress.transport.grpc import fedpress_v1_pb2 as pb
 from fedpress.transport.grpc import fedpress_v1_pb2_grpc as pb_grpc
 from fedpress.transport.grpc.auth import (
@@ -158,11 +165,11 @@ def model(seed: int, n: int = 50_000) -> dict[str, np.ndarray]:
 def served(tmp_path: Path):
     started = []
 
-    def make(num_clients=2, tokens=TOKENS, chunk=4096, **kw):
+    def make(num_clients=2, tokens=TOKENS, chunk=4096, slots=None, **kw):
         t = GrpcTransport(num_clients, Journal(tmp_path / "journal", durable=False), heartbeat_s=0.2,
                           shard_sizes=[100, 200, 300][:num_clients], **kw)
         icpt = TokenInterceptor(tokens, num_clients)
-        server, port = start_server(t, "127.0.0.1:0", interceptor=icpt, chunk=chunk)
+        server, port = start_server(t, "127.0.0.1:0", interceptor=icpt, chunk=chunk, slots=slots)
         started.append(server)
         return t, icpt, port
 
@@ -295,3 +302,118 @@ def test_transport_state_resumes_with_journaled_results(tmp_path: Path, served):
     back = StreamDecoder().decode(ev.result.payload)
     np.testing.assert_array_equal(back["w"], 2 * model(2, 100)["w"])
     assert t2.now() >= sd["now"]  # the clock continues
+
+
+# -- transfer slots: a bound on payload transfers in progress --------------------------------------
+@pytest.mark.parametrize("limit", [1, 2, 3])
+def test_transfer_slots_never_let_more_than_the_limit_through(limit):
+    slots = TransferSlots(limit)
+    lock, inside, seen = threading.Lock(), [0], []
+
+    def transfer():
+        with slots.hold(lambda: True) as held:
+            assert held
+            with lock:
+                inside[0] += 1
+                seen.append(inside[0])
+            time.sleep(0.02)
+            with lock:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=transfer) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert len(seen) == 8 and max(seen) <= limit  # counted here, not by the slots
+    assert slots.peak == max(seen) and slots.active == 0 and slots.waited > 0
+
+
+def test_transfer_slots_without_a_limit_let_everyone_through():
+    slots = TransferSlots(0)
+    barrier = threading.Barrier(6, timeout=5)  # breaks (raises) unless all six are inside at once
+
+    def transfer():
+        with slots.hold(lambda: True):
+            barrier.wait()
+
+    threads = [threading.Thread(target=transfer) for _ in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert not barrier.broken and slots.peak == 6
+
+
+def test_a_transfer_whose_call_ended_stops_waiting_and_holds_nothing():
+    slots = TransferSlots(1)
+    with slots.hold(lambda: True):
+        t0 = time.monotonic()
+        with slots.hold(lambda: time.monotonic() - t0 < 0.3, poll_s=0.05) as held:
+            assert not held
+        assert time.monotonic() - t0 < 5
+    with slots.hold(lambda: True) as held:  # the slot went back: the next one gets it at once
+        assert held and slots.active == 1
+    with pytest.raises(ValueError, match=">= 0"):
+        TransferSlots(-1)
+
+
+class GatedRunner(EchoRunner):
+    """``EchoRunner`` that trains only once ``go`` is set, so a test can act in between."""
+
+    def __init__(self, cid: int) -> None:
+        super().__init__(cid)
+        self.got, self.go = threading.Event(), threading.Event()
+
+    def run(self, payload: bytes, version: int, keyframe: bool = False) -> ClientResult:
+        self.got.set()
+        assert self.go.wait(20)
+        return super().run(payload, version, keyframe)
+
+
+def test_downloads_and_uploads_wait_for_a_free_transfer_slot(served):
+    slots = TransferSlots(1)
+    t, _, port = served(slots=slots)
+    runner = GatedRunner(1)
+    client = GrpcClient(f"127.0.0.1:{port}", 1, runner, token="tok-one", chunk=4096, wait_s=0.5)
+    th = threading.Thread(target=client.run, daemon=True)
+    th.start()
+    m = model(2)
+    busy, free = threading.Event(), threading.Event()
+
+    def other_transfer():  # another client's transfer, holding the only slot until told
+        with slots.hold(lambda: True):
+            busy.set()
+            free.wait(30)
+
+    # 1) the download waits while the slot is taken
+    holder = threading.Thread(target=other_transfer)
+    holder.start()
+    assert busy.wait(5)
+    t.dispatch(1, StreamEncoder(Policy.uniform("raw"), stream_id="down").encode(m), version=0)
+    assert not runner.got.wait(1.0)  # nothing reached the client
+    free.set()
+    holder.join(5)
+    assert runner.got.wait(10)  # once the slot is free, the model arrives
+    # 2) the upload waits too: take the slot while the client trains, then let it finish
+    busy.clear(), free.clear()
+    holder = threading.Thread(target=other_transfer)
+    holder.start()
+    assert busy.wait(5)
+    runner.go.set()
+    assert t.next_event(deadline=t.now() + 1.0) is None  # its result cannot get in
+    end = time.monotonic() + 10
+    while client.stats.wire["up"] == 0 and time.monotonic() < end:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    # while it waits, the client has sent its result header and not one payload byte
+    assert 0 < client.stats.wire["up"] < 1000 < len(m["w"]) * 4
+    free.set()
+    holder.join(5)
+    ev = t.next_event(deadline=t.now() + 20)
+    assert ev is not None and ev.result.client_id == 1
+    back = StreamDecoder().decode(ev.result.payload)
+    np.testing.assert_array_equal(back["w"], 2 * m["w"])
+    assert slots.peak == 1 and slots.waited >= 2
+    t.close()
+    th.join(5)

@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--client-timeout", type=float, default=10.0)
     p.add_argument("--join-timeout", type=float, default=300.0,
                    help="a client process that has not connected after this long is given up")
+    p.add_argument("--max-transfers", type=int, default=None,
+                   help="passed to the server: payload transfers in progress at once (0: no limit)")
     p.add_argument("--timeout", type=float, default=None, help="stop everything after this many seconds")
     return p.parse_intermixed_args(argv)
 
@@ -94,6 +96,8 @@ def main_launch(argv: list[str] | None = None) -> int:
     ]
     if args.checkpoint_dir:
         server_cmd += ["--checkpoint-dir", args.checkpoint_dir]
+    if args.max_transfers is not None:
+        server_cmd += ["--max-transfers", str(args.max_transfers)]
     procs: list[subprocess.Popen] = []
     t0 = time.monotonic()
     try:

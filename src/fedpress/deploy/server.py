@@ -11,7 +11,6 @@ resumes from the last checkpoint and replays the journaled uploads it had not us
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import shutil
@@ -24,15 +23,18 @@ from typing import Any
 from fedpress.config import ExperimentConfig
 from fedpress.metrics.events import EVENTS_FILE, EventLog, read_events
 from fedpress.metrics.summary import summarize
-from fedpress.transport.grpc import GrpcTransport, Journal, start_server
+from fedpress.transport.grpc import GrpcTransport, Journal, TransferSlots, start_server
 from fedpress.transport.grpc.auth import TokenInterceptor, read_tokens, server_credentials
 
 from . import checkpoint as ckpt
+from .memory import MemoryTrimmer, cap_malloc_arenas
 from .workload import resolve, workload_of
 
 CHECKPOINT_FILE = "checkpoint.fpck"
 SUMMARY_FILE = "summary.json"
 log = logging.getLogger("fedpress.deploy")
+#: enough that up to 8 clients never queue; past that, memory stays bounded (bench_grpc_memory.py)
+DEFAULT_MAX_TRANSFERS = 8
 
 
 class ResumableEventLog(EventLog):
@@ -106,6 +108,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a client silent this long is lost (its task given up)")
     p.add_argument("--join-timeout", type=float, default=120.0,
                    help="a dispatched client that never connected is lost after this long")
+    p.add_argument("--max-transfers", type=int, default=DEFAULT_MAX_TRANSFERS,
+                   help="payload transfers (downloads + uploads) in progress at once; more wait, so the "
+                        "server's memory stays flat in the number of clients (0: no limit; "
+                        f"default {DEFAULT_MAX_TRANSFERS})")
     p.add_argument("--quiet", action="store_true")
     return p.parse_intermixed_args(argv)
 
@@ -166,7 +172,9 @@ def build(cfg: ExperimentConfig | Any, out: Path, args: argparse.Namespace) -> d
         if creds is None:
             log.warning("no TLS: traffic is not encrypted")
         interceptor = TokenInterceptor(tokens, n)
-        grpc_server, port = start_server(transport, args.address, interceptor=interceptor, credentials=creds)
+        slots = TransferSlots(args.max_transfers)
+        grpc_server, port = start_server(transport, args.address, interceptor=interceptor, credentials=creds,
+                                         slots=slots)
         host = args.address.rsplit(":", 1)[0]
         print(f"fedpress server: listening on {host}:{port}", flush=True)
         if args.port_file:
@@ -187,20 +195,10 @@ def build(cfg: ExperimentConfig | Any, out: Path, args: argparse.Namespace) -> d
         run_dir=str(out), codec=cfg.codec.name, seed=cfg.run.seed, transport="grpc",
         wire_bytes=dict(transport.wire), lost_clients=transport.lost, refused_calls=interceptor.refused,
         codec_wall_s=codec_seconds(out), resumed=state is not None,
+        transfers={"max": slots.limit, "peak": slots.peak, "waited": slots.waited},
     )
     summary.update(side.extras(out))  # the workload's own fields (dataset, LLM metrics, ...)
     return summary
-
-
-def cap_malloc_arenas(arenas: int = 2) -> bool:
-    """Limit glibc's malloc to ``arenas`` heaps. glibc gives allocating threads their own arenas
-    and keeps freed chunks there; with a gRPC handler thread per client stream the server's peak
-    memory grew with the number of clients from that alone (``bench_grpc_memory.py``: 876 MiB
-    at 16 clients against 748 MiB with two arenas). Returns False where this is not glibc."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-8, arenas))  # -8: M_ARENA_MAX
-    except (OSError, AttributeError):
-        return False
 
 
 def main_server(argv: list[str] | None = None) -> int:
@@ -208,6 +206,7 @@ def main_server(argv: list[str] | None = None) -> int:
     [--tokens FILE] [--checkpoint-dir DIR]``"""
     args = parse_args(argv)
     cap_malloc_arenas()  # before the gRPC threads start
+    MemoryTrimmer().start()  # for the life of the process
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="[server] %(message)s", stream=sys.stderr)
     from fedpress.codec.errors import CodecError

@@ -8,7 +8,7 @@ by :func:`start_server`; client side: :class:`GrpcClient`. Tokens and TLS: :mod:
 
 from .client import GrpcClient, RefusedError
 from .journal import Journal
-from .service import PROTOCOL, start_server
+from .service import PROTOCOL, TransferSlots, start_server
 from .transport import GrpcTransport
 
-__all__ = ["PROTOCOL", "GrpcClient", "GrpcTransport", "Journal", "RefusedError", "start_server"]
+__all__ = ["PROTOCOL", "GrpcClient", "GrpcTransport", "Journal", "RefusedError", "TransferSlots", "start_server"]

@@ -188,7 +188,7 @@ class GrpcClient:
         self.stats.wire["down"] += wire
         return "task", header, buf  # type: ignore[return-value]  # bytes-like, not copied
 
-    def _chunks(self, task_id: str, r: ClientResult) -> Iterator[pb.UploadChunk]:
+    def _chunks(self, task_id: str, r: ClientResult, granted: threading.Event) -> Iterator[pb.UploadChunk]:
         head = pb.ResultHeader(
             task_id=task_id, base_version=r.base_version, size=len(r.payload), num_samples=r.num_samples,
             samples=r.samples, raw_bytes_down=r.raw_bytes_down, raw_bytes_up=r.raw_bytes_up,
@@ -198,6 +198,7 @@ class GrpcClient:
         msg = pb.UploadChunk(header=head)
         self.stats.wire["up"] += wire_size(msg.ByteSize())
         yield msg
+        granted.wait()  # the server holds a transfer slot for this upload (or has answered already)
         view = memoryview(r.payload)
         for off in range(0, len(r.payload), self.chunk):
             msg = pb.UploadChunk(data=bytes(view[off : off + self.chunk]))
@@ -206,13 +207,25 @@ class GrpcClient:
 
     def _upload(self, task_id: str, r: ClientResult) -> None:
         self._phase = "upload"
-        reply = self._retry("upload", lambda: self.stub.Upload(self._chunks(task_id, r), metadata=self.md))
+        reply = self._retry("upload", lambda: self._upload_once(task_id, r))
         if reply.accepted:
             self.stats.uploads += 1
             self.on_event(f"client {self.client_id}: result of task {task_id} accepted ({len(r.payload)} bytes)")
         else:
             self.stats.refused_uploads += 1
             self.on_event(f"result of {task_id} not accepted: {reply.reason}")
+
+    def _upload_once(self, task_id: str, r: ClientResult) -> pb.UploadReply:
+        """One Upload call: the header goes at once, the payload once the server's initial
+        metadata says it holds a transfer slot for it (``service.TransferSlots``); a server that
+        answers at once (refused, duplicate) or fails ends the wait too."""
+        granted = threading.Event()
+        call = self.stub.Upload.future(self._chunks(task_id, r, granted), metadata=self.md)
+        try:
+            call.initial_metadata()  # blocks until the server sends it or the call ends
+        finally:
+            granted.set()
+        return call.result()
 
     def run(self) -> ClientStats:
         """Serve tasks until the server says stop."""

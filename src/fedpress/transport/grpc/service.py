@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -24,6 +26,8 @@ from .transport import GrpcTransport, wire_size
 
 PROTOCOL = "fedpress.v1"
 CHUNK = 1 << 20
+#: initial-metadata key of an Upload: the server has a transfer slot for it, send the payload
+SLOT_GRANTED = "x-fedpress-slot"
 log = logging.getLogger("fedpress.grpc")
 
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -40,10 +44,18 @@ _MAX_KEYS = 64
 MAX_CHUNK = 16 << 20
 
 
+#: the most a connection's socket reads at once: a bound on the buffer each connection's pending
+#: read holds (gRPC grows it up to 4 MiB after large reads). A bound, not a measured saving: its
+#: effect on the server's peak was within the noise of ``bench_grpc_memory.py``
+MAX_READ_CHUNK = 256 * 1024
+
+
 def channel_options() -> list[tuple[str, Any]]:
-    """Options both ends use: room for one chunk per message, and keepalive pings so a dead
-    peer is noticed even while a long transfer or training step is under way."""
+    """Options both ends use: room for one chunk per message, socket reads of at most
+    ``MAX_READ_CHUNK``, and keepalive pings so a dead peer is noticed even while a long
+    transfer or training step is under way."""
     return [
+        ("grpc.experimental.tcp_max_read_chunk_size", MAX_READ_CHUNK),
         ("grpc.max_receive_message_length", MAX_CHUNK + 64 * 1024),
         ("grpc.max_send_message_length", MAX_CHUNK + 64 * 1024),
         ("grpc.keepalive_time_ms", 10_000),
@@ -68,10 +80,57 @@ def clean_fields(values: Mapping[str, float], what: str, *, timings: bool) -> di
     return out
 
 
+class TransferSlots:
+    """At most ``limit`` payload transfers (task downloads and result uploads) at once.
+
+    Why: every transfer in progress holds gRPC's buffers for its stream (up to an HTTP/2 window,
+    which BDP probing sizes to the link: megabytes on a fast one) and a chunk or two. With a
+    limit, the server's memory is bounded by ``limit`` transfers whatever the number of
+    clients. A transfer past the limit waits, and costs nothing meanwhile: a download's header is
+    not sent yet, and an upload's client sends its header, then waits for the server's initial
+    metadata (``SLOT_GRANTED``, sent once the slot is held) before any payload byte. Its client
+    keeps heartbeating. The price is time when clients sit behind independent slow links:
+    transfers that could have overlapped queue instead. ``limit=0`` means no limit.
+    """
+
+    def __init__(self, limit: int = 0) -> None:
+        if limit < 0:
+            raise ValueError(f"max_transfers must be >= 0 (0: no limit), got {limit}")
+        self.limit = limit
+        self._sem = threading.BoundedSemaphore(limit) if limit else None
+        self._lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        self.waited = 0
+
+    @contextmanager
+    def hold(self, alive: Callable[[], bool], poll_s: float = 0.5) -> Iterator[bool]:
+        """Hold a slot for the body of the ``with``; yields False (holding nothing) if the
+        caller's call ended while it waited."""
+        if self._sem is not None and not self._sem.acquire(blocking=False):
+            with self._lock:
+                self.waited += 1
+            while not self._sem.acquire(timeout=poll_s):
+                if not alive():
+                    yield False
+                    return
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            yield True
+        finally:
+            with self._lock:
+                self.active -= 1
+            if self._sem is not None:
+                self._sem.release()
+
+
 class FederationService(pb_grpc.FederationServicer):
-    def __init__(self, transport: GrpcTransport, chunk: int = CHUNK) -> None:
+    def __init__(self, transport: GrpcTransport, chunk: int = CHUNK, slots: TransferSlots | None = None) -> None:
         self.t = transport
         self.chunk = chunk
+        self.slots = slots or TransferSlots(0)
 
     def _refuse(self, context: grpc.ServicerContext, cid: int, task_id: str, why: str) -> None:
         """A malformed upload: the task is given up (the loop must not wait for it) and the
@@ -114,18 +173,22 @@ class FederationService(pb_grpc.FederationServicer):
             yield pb.TaskChunk(idle=True)
             return
         task, payload = got, got.payload
-        started = self.t.now()
-        head = pb.TaskChunk(
-            header=pb.TaskHeader(task_id=task.task_id, version=task.version, keyframe=task.keyframe, size=len(payload))
-        )
-        nbytes = wire_size(head.ByteSize())
-        yield head
-        view = memoryview(payload)
-        for off in range(0, len(payload), self.chunk):
-            msg = pb.TaskChunk(data=bytes(view[off : off + self.chunk]))
-            nbytes += wire_size(msg.ByteSize())
-            yield msg  # gRPC pulls the next chunk only once this one is sent (flow control)
-        self.t.task_sent(task, nbytes, started)
+        with self.slots.hold(context.is_active) as held:
+            if not held:
+                return  # the client went away while its download waited for a slot
+            started = self.t.now()
+            head = pb.TaskChunk(
+                header=pb.TaskHeader(task_id=task.task_id, version=task.version, keyframe=task.keyframe,
+                                     size=len(payload))
+            )
+            nbytes = wire_size(head.ByteSize())
+            yield head
+            view = memoryview(payload)
+            for off in range(0, len(payload), self.chunk):
+                msg = pb.TaskChunk(data=bytes(view[off : off + self.chunk]))
+                nbytes += wire_size(msg.ByteSize())
+                yield msg  # gRPC pulls the next chunk only once this one is sent (flow control)
+            self.t.task_sent(task, nbytes, started)
         log.info("client %d: sent task %s (v%d, %d bytes)", cid, task.task_id, task.version, len(payload))
 
     def Upload(self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext) -> pb.UploadReply:
@@ -152,24 +215,29 @@ class FederationService(pb_grpc.FederationServicer):
             }
         except ValueError as exc:
             self._refuse(context, cid, h.task_id, f"bad result header: {exc}")
-        t0 = time.monotonic()
-        nbytes = wire_size(first.ByteSize())
-        writer = self.t.journal.begin()
-        try:
-            for msg in request_iterator:
-                if msg.WhichOneof("kind") != "data":
-                    self._refuse(context, cid, h.task_id, "a second header inside one upload")
-                if writer.size + len(msg.data) > h.size:
-                    self._refuse(context, cid, h.task_id, f"upload is longer than the {h.size} bytes announced")
-                writer.write(msg.data)
-                nbytes += wire_size(msg.ByteSize())
-            if writer.size != h.size:
-                # the client closed the stream early: a broken client, not a broken link
-                self._refuse(context, cid, h.task_id, f"upload ended after {writer.size} of {h.size} bytes")
-        except BaseException:
-            writer.abort()
-            raise
-        extra = {"wall_upload_s": time.monotonic() - t0, "wire_bytes_up": float(nbytes)}
+        with self.slots.hold(context.is_active) as held:
+            if not held:
+                context.abort(grpc.StatusCode.CANCELLED, "the upload ended while it waited for a transfer slot")
+            # the client sends its payload only after this: a waiting upload costs its header alone
+            context.send_initial_metadata(((SLOT_GRANTED, "1"),))
+            t0 = time.monotonic()
+            nbytes = wire_size(first.ByteSize())
+            writer = self.t.journal.begin()
+            try:
+                for msg in request_iterator:
+                    if msg.WhichOneof("kind") != "data":
+                        self._refuse(context, cid, h.task_id, "a second header inside one upload")
+                    if writer.size + len(msg.data) > h.size:
+                        self._refuse(context, cid, h.task_id, f"upload is longer than the {h.size} bytes announced")
+                    writer.write(msg.data)
+                    nbytes += wire_size(msg.ByteSize())
+                if writer.size != h.size:
+                    # the client closed the stream early: a broken client, not a broken link
+                    self._refuse(context, cid, h.task_id, f"upload ended after {writer.size} of {h.size} bytes")
+            except BaseException:
+                writer.abort()
+                raise
+            extra = {"wall_upload_s": time.monotonic() - t0, "wire_bytes_up": float(nbytes)}
         self.t.count_up(nbytes)
         ok, why = self.t.commit_upload(cid, h.task_id, header, writer, extra)
         if ok:
@@ -186,9 +254,11 @@ def start_server(
     interceptor: TokenInterceptor,
     credentials: grpc.ServerCredentials | None = None,
     chunk: int = CHUNK,
+    slots: TransferSlots | None = None,
 ) -> tuple[grpc.Server, int]:
     """Serve ``transport`` on ``address`` (``HOST:0`` picks a free port); returns the server
-    and the port it listens on."""
+    and the port it listens on. ``slots`` bounds the payload transfers in progress at once
+    (default: no bound; see :class:`TransferSlots`)."""
     if not 0 < chunk <= MAX_CHUNK:
         raise ValueError(f"chunk size must be in 1..{MAX_CHUNK} bytes")
     workers = 2 * transport.num_clients + 8  # each client holds at most a poll and a heartbeat
@@ -198,7 +268,7 @@ def start_server(
         options=channel_options(),
         maximum_concurrent_rpcs=4 * transport.num_clients + 16,
     )
-    pb_grpc.add_FederationServicer_to_server(FederationService(transport, chunk), server)
+    pb_grpc.add_FederationServicer_to_server(FederationService(transport, chunk, slots), server)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
