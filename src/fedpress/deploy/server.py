@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a dispatched client that never connected is lost after this long")
     p.add_argument("--max-transfers", type=int, default=DEFAULT_MAX_TRANSFERS,
                    help="payload transfers (downloads + uploads) in progress at once; more wait, so the "
-                        "server's memory stays flat in the number of clients (0: no limit; "
+                        "server's memory does not grow with the clients transferring at once (0: no limit; "
                         f"default {DEFAULT_MAX_TRANSFERS})")
     p.add_argument("--quiet", action="store_true")
     return p.parse_intermixed_args(argv)
