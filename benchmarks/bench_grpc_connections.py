@@ -24,6 +24,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+
+from bench_grpc_shaped import _env  # noqa: E402  (the same environment for child processes)
 
 
 def _rss_mib() -> float:
@@ -53,13 +56,6 @@ def _case(n: int, size: int, trim: bool, slots: int, rounds: int) -> dict[str, A
     if out.returncode != 0:
         raise RuntimeError(f"case n={n} size={size} trim={trim} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + e.get("PYTHONPATH", "")
-    e["OMP_NUM_THREADS"] = "1"
-    return e
 
 
 def _serve(n: int, size: int, trim: bool, slots: int, rounds: int) -> dict[str, Any]:
