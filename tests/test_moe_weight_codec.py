@@ -80,10 +80,14 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == b.dtype == np.float32 and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
-@pytest.mark.parametrize("block", [8, 64, 256])
-def test_fused_and_torch_decoders_equal_the_numpy_reference_bit_for_bit(block: int) -> None:
+@pytest.mark.parametrize("shape,block", [((41, 23), 8), ((41, 23), 64), ((41, 23), 256),
+                                         ((97, 93), 24), ((97, 93), 4104)])
+def test_fused_and_torch_decoders_equal_the_numpy_reference_bit_for_bit(shape: tuple[int, int],
+                                                                         block: int) -> None:
+    """943 or 9,021 elements: not a multiple of a block; the larger spans three of the fused
+    decoder's chunks (4,096 codes), with blocks of 24 and 4,104 that straddle chunk edges."""
     rng = np.random.default_rng(block)
-    x = (rng.standard_normal((41, 23)) * 0.1).astype(np.float32)  # 943: not a multiple of a block
+    x = (rng.standard_normal(shape) * 0.1).astype(np.float32)
     x[3, :5] = -0.0  # signed zeros must come out with the reference's sign
     ref_codec = FixedRateCodec()
     frames = [FixedRateCodec("rel", 0.9, block=block, bits=b).encode(x) for b in range(1, 17)]

@@ -7,9 +7,11 @@ reading raw float32 from a memory-mapped file. Here one loop reads the packed pl
 ``float32(q) * step[b] + lo[b]`` straight into the output tensor's memory.
 
 One kernel per code width: the widths are closure constants, so numba folds every branch on
-them and unrolls the 8 codes of a group with constant shifts (3-4x faster than one kernel taking
-the width as an argument). Each is compiled on first use and cached on disk (numba keys the
-cache on the closure's values).
+them (3-4x faster than one kernel taking the width as an argument), and each pass is a plain
+loop over a contiguous slice into an int32 scratch, which LLVM vectorises (2-5x faster than the
+first version, which built every code from an int64 word one element at a time; measured in
+``benchmarks/bench_moe_decode.py``). Each kernel is compiled on first use and cached on disk
+(numba keys the cache on the closure's values).
 
 Bit-identical to the numpy reference (``FixedRateCodec.decode``): the same float32 multiply,
 then the same float32 add, rounded after each (no ``fastmath``, so LLVM may not contract them
@@ -29,27 +31,8 @@ from numba import njit
 _NJ = dict(cache=True, nogil=True, boundscheck=False)  # never fastmath: results must match numpy
 
 
-@njit(**_NJ)
-def _word(plane, group, k):
-    """The ``k <= 7`` bytes holding codes ``8*group .. 8*group+7``, as one int64."""
-    w = np.int64(0)
-    for j in range(k):
-        w |= np.int64(plane[group * k + j]) << (8 * j)
-    return w
-
-
-@njit(**_NJ)
-def _code(low, high, wl, wh, i, j, kl, kh):
-    """Code of element ``i``, the ``j``-th of its group (``wl``/``wh``: its group's words)."""
-    if kl == 8:
-        q = np.int64(low[i])
-    else:
-        q = (wl >> (j * kl)) & ((1 << kl) - 1)
-    if kh == 8:
-        q |= np.int64(high[i]) << 8
-    elif kh > 0:
-        q |= ((wh >> (j * kh)) & ((1 << kh) - 1)) << 8
-    return q
+#: codes unpacked per pass: the int32 scratch (16 KiB) stays in the L1 cache
+CHUNK = 4096
 
 
 @functools.cache
@@ -58,35 +41,83 @@ def kernel(kl: int, kh: int) -> Callable[..., None]:
     ``kl`` is 8), called as ``kernel(kl, kh)(low, high, block, lo, step, out)``.
 
     ``low``: the plane of ``kl``-bit codes; ``high``: for widths over 8, the plane of the top
-    ``kh`` bits (empty otherwise). Codes are packed little-endian, 8 codes in ``k`` bytes, so a
-    group of 8 codes never straddles a block (blocks are multiples of 8). ``out`` (float32) has
-    the element count n; the padding of the last block is not written. Only ``kl`` and ``kh``
-    are closure variables (plain ints), which keeps the on-disk cache usable.
+    ``kh`` bits (empty otherwise). Codes are packed little-endian, 8 codes in ``k`` bytes, and
+    the planes hold every block's codes (padding included), so whole groups of 8 can always be
+    read. ``out`` (float32) has the element count n; the padding is not written.
+
+    Why it is fast: it works in chunks of ``CHUNK`` codes, and each chunk takes three simple
+    loops over contiguous slices that LLVM turns into SIMD code: unpack the low bits into an
+    int32 scratch (one byte per code at 8 bits, a byte split into 8/k codes at 1/2/4 bits, an
+    int64 word per 8 codes otherwise), OR in the high bits the same way, then
+    ``float32(q) * step + lo`` block by block (int32 -> float32 vectorises on AVX2, int64 does
+    not). Only ``kl`` and ``kh`` are closure variables (plain ints, so numba folds every branch
+    on them and the on-disk cache stays usable).
     """
     if not (0 <= kl <= 8 and 0 <= kh <= 8 and (kh == 0 or kl == 8)):
         raise ValueError(f"no fixedrate kernel for {kl} low and {kh} high bits")
+    ml, mh = (1 << kl) - 1, (1 << kh) - 1
+    pl = 8 // kl if kl and 8 % kl == 0 else 0  # codes per byte when the width divides 8
+    ph = 8 // kh if kh and 8 % kh == 0 else 0
+    ch = CHUNK
 
     @njit(**_NJ)
     def run(low, high, block, lo, step, out):
         n = out.size
-        for b in range(lo.size):
-            start = b * block
-            if start >= n:
-                break
-            stop = min(start + block, n)
-            s = step[b]
-            lb = lo[b]
-            full = start + (stop - start) // 8 * 8
-            for g0 in range(start, full, 8):
-                wl = _word(low, g0 >> 3, kl) if 0 < kl < 8 else np.int64(0)
-                wh = _word(high, g0 >> 3, kh) if 0 < kh < 8 else np.int64(0)
-                for j in range(8):
-                    out[g0 + j] = np.float32(_code(low, high, wl, wh, g0 + j, j, kl, kh)) * s + lb
-            if full < stop:
-                wl = _word(low, full >> 3, kl) if 0 < kl < 8 else np.int64(0)
-                wh = _word(high, full >> 3, kh) if 0 < kh < 8 else np.int64(0)
-                for j in range(stop - full):
-                    out[full + j] = np.float32(_code(low, high, wl, wh, full + j, j, kl, kh)) * s + lb
+        tmp = np.empty(ch, dtype=np.int32)
+        for c0 in range(0, n, ch):
+            m = min(ch, n - c0)
+            m8 = (m + 7) // 8 * 8
+            if kl == 0:
+                for i in range(m8):
+                    tmp[i] = 0
+            elif kl == 8:
+                src = low[c0:c0 + m8]
+                for i in range(m8):
+                    tmp[i] = np.int32(src[i])
+            elif pl:
+                src = low[c0 // pl:(c0 + m8) // pl]
+                for i in range(src.size):
+                    v = np.int32(src[i])
+                    for j in range(pl):
+                        tmp[i * pl + j] = (v >> (j * kl)) & ml
+            else:
+                src = low[c0 // 8 * kl:(c0 + m8) // 8 * kl]
+                for g in range(m8 // 8):
+                    w = np.int64(0)
+                    for j in range(kl):
+                        w |= np.int64(src[g * kl + j]) << (8 * j)
+                    for j in range(8):
+                        tmp[g * 8 + j] = np.int32((w >> (j * kl)) & ml)
+            if kh == 8:
+                src = high[c0:c0 + m8]
+                for i in range(m8):
+                    tmp[i] |= np.int32(src[i]) << 8
+            elif ph:
+                src = high[c0 // ph:(c0 + m8) // ph]
+                for i in range(src.size):
+                    v = np.int32(src[i])
+                    for j in range(ph):
+                        tmp[i * ph + j] |= ((v >> (j * kh)) & mh) << 8
+            elif kh:
+                src = high[c0 // 8 * kh:(c0 + m8) // 8 * kh]
+                for g in range(m8 // 8):
+                    w = np.int64(0)
+                    for j in range(kh):
+                        w |= np.int64(src[g * kh + j]) << (8 * j)
+                    for j in range(8):
+                        tmp[g * 8 + j] |= np.int32((w >> (j * kh)) & mh) << 8
+            i = 0
+            while i < m:  # scale block by block; a block may straddle two chunks
+                e = c0 + i
+                b = e // block
+                stop = min(m, i + (b + 1) * block - e)
+                s = step[b]
+                lb = lo[b]
+                dst = out[e:c0 + stop]
+                codes = tmp[i:stop]
+                for j in range(stop - i):
+                    dst[j] = np.float32(codes[j]) * s + lb
+                i = stop
 
     return run
 
