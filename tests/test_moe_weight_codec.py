@@ -63,11 +63,34 @@ def test_fixedrate_unpacking_matches_a_plain_reference(bits: int, fused: bool) -
     blocks = padded.reshape(nb, 64)
     lo = blocks.min(1)
     step = ((blocks.max(1).astype(np.float64) - lo) / (2**bits - 1)).astype(np.float32)
+    # the bound is loose, so the encoder must pick float16 scales (frame kind 8): round them so
+    lo, step = (v.astype(np.float16).astype(np.float32) for v in (lo, step))
     q = np.clip(np.rint((blocks - lo[:, None]) / step[:, None]), 0, 2**bits - 1)
     ref = (q.astype(np.float32) * step[:, None] + lo[:, None]).reshape(-1)[: x.size].reshape(x.shape)
     got = decode_torch(frame, x.shape, fused=fused).numpy()
+    assert frame[0] == 8
     assert np.array_equal(got, ref)
-    assert len(frame) == 14 + nb * 8 + nb * 64 * bits // 8
+    assert len(frame) == 14 + nb * 4 + nb * 64 * bits // 8
+
+
+def test_float16_scales_rebuild_a_q4_1_grid_exactly_and_give_way_to_float32_for_tight_bounds() -> None:
+    """GGUF Q4_1 stores per-32 block ``d`` and ``m`` as float16 and dequantises ``d * q + m``
+    in float32: with fit=1 such weights come back bit for bit in 4 bits + 1 bit of scales. A
+    bound float16 scales cannot hold falls back to float32 scales (frame kind 7)."""
+    rng = np.random.default_rng(5)
+    d = rng.uniform(1e-3, 1e-2, (64, 1)).astype(np.float16).astype(np.float32)
+    m = rng.uniform(-0.1, 0.0, (64, 1)).astype(np.float16).astype(np.float32)
+    q = rng.integers(0, 16, (64, 32))
+    q[:, 0], q[:, 1] = 0, 15  # Q4_1 puts the block's minimum at 0 and its maximum at 15
+    x = (d * q.astype(np.float32) + m).astype(np.float32).reshape(32, 64)
+    frame = FixedRateCodec("abs", 1e-6, fit=1).encode(x)
+    assert frame[0] == 8 and frame[1] == 4
+    assert same_bits(decode_cpu(frame, x.shape).numpy(), x)
+    assert len(frame) == 14 + 64 * 4 + 64 * 32 * 4 // 8  # 5 bits per weight
+    y = (rng.standard_normal((32, 64)) * 0.1 + 3.0).astype(np.float32)  # float16 lo: ulp 2**-9
+    tight = FixedRateCodec("abs", 1e-4).encode(y)
+    assert tight[0] == 7
+    assert np.abs(decode_cpu(tight, y.shape).numpy() - y).max() <= 1e-4
 
 
 def test_fixedrate_constant_and_tiny_tensors() -> None:

@@ -12,9 +12,13 @@ encoder (which verifies the bound on it) and both run-time decoders: plain torch
 (``decode_torch``), and on a CPU one fused numba pass (``decode_cpu``, ``fixedrate_cpu``), since
 there a chain of tensor ops costs one memory pass each.
 
-Frame: ``u8 kind | u8 bits | u32 block | u64 n | f32 lo[nb] | f32 step[nb] | planes``; for
-``b <= 8`` one plane of ``b``-bit codes (8 codes in ``b`` bytes, little-endian), for ``b > 8`` a
-plane of the low bytes followed by a plane of the high ``b - 8`` bits.
+Frame: ``u8 kind | u8 bits | u32 block | u64 n | lo[nb] | step[nb] | planes``; the scales are
+float32 (kind 7) or float16 (kind 8: the encoder uses them when the bound still holds with
+them, which halves the scale overhead; weights dequantised from a checkpoint with float16 block
+scales, as GGUF's Q4_1, are rebuilt exactly). For ``b <= 8`` one plane of ``b``-bit codes (8
+codes in ``b`` bytes, little-endian), for ``b > 8`` a plane of the low bytes followed by a plane
+of the high ``b - 8`` bits. Decoders widen float16 scales to float32 once per frame and compute
+``q * s + lo`` in float32 for both kinds.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from fedpress.codec.errors import CodecError, PayloadError
 from .fixedrate_cpu import decode_into
 
 _HEAD = struct.Struct("<BBIQ")
-KIND = 7
+KIND = 7  # float32 scales
+KIND_F16 = 8  # float16 scales
+_SCALE_BYTES = {KIND: 4, KIND_F16: 2}
 MAX_BITS = 16
 _EPS32 = float(np.finfo(np.float32).eps)
 
@@ -83,7 +89,8 @@ class FixedRateCodec(BoundedCodec):
     mode, eb:
         The pointwise bound (``rel``: relative to the tensor's value range; ``abs``: absolute).
     block:
-        Elements per scale block (two float32 per block: 64 / block bits of overhead per weight).
+        Elements per scale block (two float32 per block, 64 / block bits of overhead per weight;
+        two float16, 32 / block bits, where the bound holds with them).
     bits:
         0 picks the smallest width that meets the bound; 1..16 forces one and fails with a clear
         error when it cannot meet the bound.
@@ -121,13 +128,16 @@ class FixedRateCodec(BoundedCodec):
         check_finite(x)
         flat = np.asarray(x, dtype=np.float32).reshape(-1)
         abs_eb = self.bound.absolute(flat) if flat.size else 0.0
-        frame = self._encode_block(flat, self.block, abs_eb)
-        if self.fit:
-            for block in (32,):
-                if block != self.block:
-                    other = self._encode_block(flat, block, abs_eb)
-                    frame = other if len(other) < len(frame) else frame
-        return frame
+        sizes = [self.block] + ([32] if self.fit and self.block != 32 else [])
+        frames, error = [], None
+        for block in sizes:  # with fit, a block size that cannot hold the bound is skipped
+            try:
+                frames.append(self._encode_block(flat, block, abs_eb))
+            except CodecError as exc:
+                error = error or exc
+        if not frames:
+            raise error  # type: ignore[misc]
+        return min(frames, key=len)
 
     def _blocks(self, flat: np.ndarray, block: int):
         n = flat.size
@@ -157,8 +167,8 @@ class FixedRateCodec(BoundedCodec):
             distinct = 1 + int((np.diff(srt, axis=1) > 0).sum(axis=1).max(initial=0))
             grid = max(1, math.ceil(math.log2(distinct)))
             if grid < need and grid <= MAX_BITS:  # a per-block grid may hold the bound with fewer bits
-                frame, recon = self._quantise(blocks, lo, rng, grid, n, block)
-                if not (np.abs(recon - flat) > abs_eb).any():
+                frame = self._smallest(blocks, lo, rng, grid, n, block, flat, abs_eb)
+                if frame is not None:
                     return frame
         bits = need if self.bits == 0 else self.bits
         if bits > MAX_BITS or (self.bits and need > self.bits):
@@ -168,16 +178,28 @@ class FixedRateCodec(BoundedCodec):
                 f"(needs {need})"
             )
         while True:
-            frame, recon = self._quantise(blocks, lo, rng, bits, n, block)
-            if not (np.abs(recon - flat) > abs_eb).any():
+            frame = self._smallest(blocks, lo, rng, bits, n, block, flat, abs_eb)
+            if frame is not None:
                 return frame
             if bits >= MAX_BITS or self.bits:  # pragma: no cover - the margin above prevents it
                 raise CodecError("fixedrate could not meet its bound (float32 rounding)")
             bits += 1
 
-    def _quantise(self, blocks, lo, rng, bits, n, block):
+    def _smallest(self, blocks, lo, rng, bits, n, block, flat, abs_eb) -> bytes | None:
+        """The frame at ``bits`` with float16 scales if it holds the bound, else with float32
+        scales if that does, else None. The bound is checked on the actual reconstruction."""
+        for half in (True, False):
+            frame, recon = self._quantise(blocks, lo, rng, bits, n, block, half)
+            if not (np.abs(recon - flat) > abs_eb).any():
+                return frame
+        return None
+
+    def _quantise(self, blocks, lo, rng, bits, n, block, half: bool = False):
         levels = (1 << bits) - 1 if bits else 1
         step = (rng / levels).astype(np.float32) if bits else np.zeros_like(lo)
+        if half:  # nearest float16 scales; codes are clipped, so the bound check decides
+            lo = lo.astype(np.float16).astype(np.float32)
+            step = step.astype(np.float16).astype(np.float32)
         safe = np.where(step > 0, step, 1).astype(np.float32)
         q = np.rint((blocks - lo[:, None]) / safe[:, None])
         q = np.clip(q, 0, levels).astype(np.int64)
@@ -189,8 +211,9 @@ class FixedRateCodec(BoundedCodec):
             planes = pack_plane(flat_q & 0xFF, 8) + pack_plane(flat_q >> 8, bits - 8)
         elif bits:
             planes = pack_plane(flat_q, bits)
-        head = _HEAD.pack(KIND, bits, block, n)
-        return head + lo.astype("<f4").tobytes() + step.astype("<f4").tobytes() + planes, recon
+        kind, dt = (KIND_F16, "<f2") if half else (KIND, "<f4")
+        head = _HEAD.pack(kind, bits, block, n)
+        return head + lo.astype(dt).tobytes() + step.astype(dt).tobytes() + planes, recon
 
     # ------------------------------------------------------------------ decode
     def decode(
@@ -212,19 +235,23 @@ def parse_frame(frame: bytes, shape: tuple[int, ...]):
     if len(frame) < _HEAD.size:
         raise PayloadError("fixedrate frame is shorter than its header")
     kind, bits, block, n = _HEAD.unpack_from(frame, 0)
-    if kind != KIND or bits > MAX_BITS or block == 0 or block % 8:
+    if kind not in _SCALE_BYTES or bits > MAX_BITS or block == 0 or block % 8:
         raise PayloadError("fixedrate frame header is malformed")
     if n != math.prod(shape):
         raise PayloadError(f"fixedrate frame holds {n} elements, the shape needs {math.prod(shape)}")
     nb = max(1, math.ceil(n / block))
     total = nb * block
     plane = (total // 8 * min(bits, 8)) + (total // 8 * (bits - 8) if bits > 8 else 0)
-    if len(frame) != _HEAD.size + 8 * nb + plane:
+    size = _SCALE_BYTES[kind]
+    if len(frame) != _HEAD.size + 2 * size * nb + plane:
         raise PayloadError("fixedrate frame has the wrong length (truncated or corrupted)")
     off = _HEAD.size
-    lo = np.frombuffer(frame, dtype="<f4", count=nb, offset=off)
-    step = np.frombuffer(frame, dtype="<f4", count=nb, offset=off + 4 * nb)
-    return bits, block, n, lo, step, memoryview(frame)[off + 8 * nb :]
+    dt = "<f4" if kind == KIND else "<f2"
+    lo = np.frombuffer(frame, dtype=dt, count=nb, offset=off).astype(np.float32)
+    step = np.frombuffer(frame, dtype=dt, count=nb, offset=off + size * nb).astype(np.float32)
+    if not (np.isfinite(lo).all() and np.isfinite(step).all()):
+        raise PayloadError("fixedrate frame has non-finite scales")
+    return bits, block, n, lo, step, memoryview(frame)[off + 2 * size * nb :]
 
 
 def _codes(buf, bits: int, n: int, block: int, unpack):
