@@ -103,6 +103,23 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == b.dtype == np.float32 and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
+def float32_twin(frame: bytes, n: int, block: int) -> bytes:
+    """The same frame with its float16 scales (kind 8) written as float32 (kind 7)."""
+    nb = -(-n // block)
+    scales = np.frombuffer(frame, dtype="<f2", count=2 * nb, offset=14).astype("<f4")
+    return bytes([7]) + frame[1:14] + scales.tobytes() + frame[14 + 4 * nb:]
+
+
+def test_non_finite_scales_are_refused() -> None:
+    x = np.linspace(-1, 1, 64, dtype=np.float32)
+    frame = bytearray(float32_twin(FixedRateCodec("rel", 0.01, block=32).encode(x), 64, 32))
+    for bad in (np.nan, np.inf):
+        forged = bytearray(frame)
+        forged[14:18] = np.float32(bad).tobytes()  # the first block's lo
+        with pytest.raises(PayloadError, match="non-finite"):
+            decode_cpu(bytes(forged), x.shape)
+
+
 @pytest.mark.parametrize("shape,block", [((41, 23), 8), ((41, 23), 64), ((41, 23), 256),
                                          ((97, 93), 24), ((97, 93), 4104)])
 def test_fused_and_torch_decoders_equal_the_numpy_reference_bit_for_bit(shape: tuple[int, int],
@@ -116,6 +133,8 @@ def test_fused_and_torch_decoders_equal_the_numpy_reference_bit_for_bit(shape: t
     frames = [FixedRateCodec("rel", 0.9, block=block, bits=b).encode(x) for b in range(1, 17)]
     frames.append(FixedRateCodec("rel", 1e-3, block=block).encode(np.full_like(x, -0.75)))  # bits=0
     assert sorted({f[1] for f in frames}) == list(range(17))
+    frames += [float32_twin(f, x.size, block) for f in frames if f[0] == 8]  # both scale kinds
+    assert {f[0] for f in frames} == {7, 8}
     for frame in frames:
         ref = ref_codec.decode(frame, x.shape, np.float32)
         fused = decode_cpu(memoryview(frame), x.shape)
