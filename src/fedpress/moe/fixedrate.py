@@ -231,7 +231,21 @@ class FixedRateCodec(BoundedCodec):
 
 
 def parse_frame(frame: bytes, shape: tuple[int, ...]):
-    """Check a frame's lengths against ``shape``; return its fields (``PayloadError`` if bad)."""
+    """Check a frame's lengths against ``shape``; return its fields (``PayloadError`` if bad):
+    ``bits, block, n, lo, step, planes`` with float32 ``lo``/``step`` and non-finite scales
+    refused."""
+    bits, block, n, scales, planes = _parse(frame, shape)
+    nb = scales.size // 2
+    lo, step = scales[:nb], scales[nb:]
+    if not (np.isfinite(lo).all() and np.isfinite(step).all()):
+        raise PayloadError("fixedrate frame has non-finite scales")
+    return bits, block, n, lo, step, planes
+
+
+def _parse(frame: bytes | memoryview, shape: tuple[int, ...]):
+    """The checked header, the scales as one float32 array (``lo`` then ``step``; not yet
+    checked for finiteness) and the planes (uint8). Few numpy calls: every expert load runs
+    this twice while holding the GIL."""
     if len(frame) < _HEAD.size:
         raise PayloadError("fixedrate frame is shorter than its header")
     kind, bits, block, n = _HEAD.unpack_from(frame, 0)
@@ -239,22 +253,18 @@ def parse_frame(frame: bytes, shape: tuple[int, ...]):
         raise PayloadError("fixedrate frame header is malformed")
     if n != math.prod(shape):
         raise PayloadError(f"fixedrate frame holds {n} elements, the shape needs {math.prod(shape)}")
-    nb = max(1, math.ceil(n / block))
+    nb = max(1, -(-n // block))
     total = nb * block
-    plane = (total // 8 * min(bits, 8)) + (total // 8 * (bits - 8) if bits > 8 else 0)
+    plane = total // 8 * bits
     size = _SCALE_BYTES[kind]
-    if len(frame) != _HEAD.size + 2 * size * nb + plane:
+    head = _HEAD.size + 2 * size * nb
+    if len(frame) != head + plane:
         raise PayloadError("fixedrate frame has the wrong length (truncated or corrupted)")
-    off = _HEAD.size
-    dt = "<f4" if kind == KIND else "<f2"
-    lo = np.frombuffer(frame, dtype=dt, count=nb, offset=off)
-    step = np.frombuffer(frame, dtype=dt, count=nb, offset=off + size * nb)
-    if kind == KIND_F16:
-        lo, step = lo.astype(np.float32), step.astype(np.float32)
-    # one float64 sum each (NaN and inf propagate): a few microseconds, not two full scans
-    if not math.isfinite(float(lo.sum(dtype=np.float64)) + float(step.sum(dtype=np.float64))):
-        raise PayloadError("fixedrate frame has non-finite scales")
-    return bits, block, n, lo, step, memoryview(frame)[off + 2 * size * nb :]
+    buf = np.frombuffer(frame, dtype=np.uint8)
+    # the scales start at byte 14, unaligned: one copy (astype) makes them aligned float32
+    scales = np.frombuffer(frame, dtype="<f4" if kind == KIND else "<f2", count=2 * nb,
+                           offset=_HEAD.size).astype(np.float32)
+    return bits, block, n, scales, buf[head:]
 
 
 def _codes(buf, bits: int, n: int, block: int, unpack):
@@ -274,15 +284,17 @@ def decode_cpu(frame: bytes | memoryview, shape: tuple[int, ...]) -> Any:
     """Decode a fixedrate frame into a new CPU float32 tensor with the fused numba kernel.
 
     The frame is read in place (no copy of the packed bytes); the kernel writes straight into
-    the tensor's memory, bit-identical to the numpy reference ``FixedRateCodec.decode``.
+    the tensor's memory, bit-identical to the numpy reference ``FixedRateCodec.decode``, and
+    refuses non-finite scales as it reads them.
     """
     import torch
 
-    bits, block, n, lo, step, planes = parse_frame(frame, shape)
+    bits, block, n, scales, planes = _parse(frame, shape)
     # numpy's allocator, as the raw path's copy uses: torch.empty's fresh pages measured slower
-    out = np.empty(n, dtype=np.float32)
-    decode_into(np.frombuffer(planes, dtype=np.uint8), bits, block, lo, step, out)
-    return torch.from_numpy(out).reshape(shape)
+    out = np.empty(shape, dtype=np.float32)
+    if not decode_into(planes, bits, block, scales, out.reshape(-1)):
+        raise PayloadError("fixedrate frame has non-finite scales")
+    return torch.from_numpy(out)
 
 
 def decode_torch(frame: bytes | memoryview, shape: tuple[int, ...], device: Any = "cpu",

@@ -50,7 +50,7 @@ def kernel(kl: int, kh: int) -> Callable[..., None]:
     int32 scratch (one byte per code at 8 bits, a byte split into 8/k codes at 1/2/4 bits, an
     int64 word per 8 codes otherwise), OR in the high bits the same way, then
     ``float32(q) * step + lo`` block by block (int32 -> float32 vectorises on AVX2, int64 does
-    not). Only ``kl`` and ``kh`` are closure variables (plain ints, so numba folds every branch
+    not). Returns False as soon as a block's ``lo`` or ``step`` is not finite. Only ``kl`` and ``kh`` are closure variables (plain ints, so numba folds every branch
     on them and the on-disk cache stays usable).
     """
     if not (0 <= kl <= 8 and 0 <= kh <= 8 and (kh == 0 or kl == 8)):
@@ -63,6 +63,9 @@ def kernel(kl: int, kh: int) -> Callable[..., None]:
     @njit(**_NJ)
     def run(low, high, block, lo, step, out):
         n = out.size
+        for b in range((n + block - 1) // block):  # scales first: a few per chunk, no NaN out
+            if not (np.isfinite(lo[b]) and np.isfinite(step[b])):
+                return False
         tmp = np.empty(ch, dtype=np.int32)
         for c0 in range(0, n, ch):
             m = min(ch, n - c0)
@@ -118,22 +121,19 @@ def kernel(kl: int, kh: int) -> Callable[..., None]:
                 for j in range(stop - i):
                     dst[j] = np.float32(codes[j]) * s + lb
                 i = stop
+        return True
 
     return run
 
 
-def decode_into(planes: np.ndarray, bits: int, block: int, lo: np.ndarray, step: np.ndarray,
-                out: np.ndarray) -> None:
+def decode_into(planes: np.ndarray, bits: int, block: int, scales: np.ndarray, out: np.ndarray) -> bool:
     """Decode the packed ``planes`` (uint8, lengths already checked) of a ``bits``-wide frame
-    into ``out``. ``lo`` and ``step`` are copied (a few bytes per block) so every call has the
-    same array types: aligned float32, read-only uint8 planes, one compiled kernel per width."""
-    planes = planes.view()
-    planes.flags.writeable = False
-    total = lo.size * block
+    into ``out`` (1-D float32). ``scales``: float32, the ``nb`` block minima then the ``nb``
+    steps. Returns False (``out`` partly written) if a scale is not finite."""
+    nb = scales.size // 2
     if bits > 8:
+        total = nb * block
         low, high, kl, kh = planes[:total], planes[total:], 8, bits - 8
     else:
         low, high, kl, kh = planes, planes[:0], bits, 0
-    lo32 = np.array(lo, dtype=np.float32)
-    step32 = np.array(step, dtype=np.float32)
-    kernel(kl, kh)(low, high, block, lo32, step32, out)
+    return kernel(kl, kh)(low, high, block, scales[:nb], scales[nb:], out)
