@@ -29,7 +29,8 @@ class BuildSection(Strict):
 
 
 class OffloadSection(Strict):
-    codec: str = "fixedrate:eb=0.01"
+    #: the plan that met the bar on the default MoE (4.12x, -0.5 +- 1.3 points on 392 items)
+    codec: str = "fixedrate:eb=0.00007,block=256,fit=1"
     shallow: str | None = None
     middle: str | None = None
     deep: str | None = None
