@@ -2,7 +2,7 @@
 
     python benchmarks/bench_moe_report.py benchmarks/results/moe_study/study.json \
         benchmarks/results/moe_study_b/study.json --bench benchmarks/results/moe_bench/bench.json \
-        --out benchmarks/results/moe_study
+        --out benchmarks/results/moe_study [--repeats benchmarks/results/moe_study_seed*/study.json]
 
 Several study JSON files (parallel runs of disjoint conditions on the same model, items and
 baseline) are merged; the merged JSON and the plots go to ``--out``.
@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fedpress.moe.plots import plot_study
+from fedpress.moe.plots import plot_p_sweep, plot_study
 
 PAPER = {  # Moonlight-16B-A3B on GSM8K, all experts of a layer at p = 80% (ICA / PIA)
     "shallow": "layer 1: 0.33 / 0.71 (base 0.86 / 0.96)",
@@ -125,12 +125,15 @@ def main() -> None:
     p.add_argument("--bench", type=Path)
     p.add_argument("--bar", type=Path, help="JSON of benchmarks/bench_moe_bar.py")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/moe_study"))
+    p.add_argument("--repeats", nargs="*", type=Path, default=[],
+                   help="study JSON of repeated draws (other noise seeds): in the p-sweep plot only")
     a = p.parse_args()
     if a.study:
         res = merge(a.study)
         a.out.mkdir(parents=True, exist_ok=True)
         (a.out / "study_merged.json").write_text(json.dumps(res, indent=1))
         plot_study(res, a.out)
+        plot_p_sweep(res, a.out, [json.loads(r.read_text()) for r in a.repeats])
         print(study_table(res), "\n")
         print(stats_table(res), "\n")
         for g, text in PAPER.items():

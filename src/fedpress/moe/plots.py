@@ -91,3 +91,49 @@ def plot_study(res: dict[str, Any], out: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     return paths
+
+
+def plot_p_sweep(res: dict[str, Any], out: Path, repeats: list[dict[str, Any]] | None = None) -> list[Path]:
+    """Score against strength p for every layer perturbed whole at two or more p, one line per
+    mode; each marker is one run (one noise draw), the line joins the means per p.
+
+    Why every draw: a Gaussian condition is one random draw and draws of the same condition
+    spread by several items, so a line through single draws would draw noise as a trend.
+    ``repeats``: more study results on the same model and items (other noise seeds).
+    """
+    plt = _plt()
+    runs = [c for r in [res, *(repeats or [])] for c in r["conditions"] if c["selector"] == "layer"]
+    ps_by_layer: dict[int, set[float]] = {}
+    for c in runs:
+        ps_by_layer.setdefault(c["layer"], set()).add(c["p"])
+    layers = sorted(layer for layer, ps in ps_by_layer.items() if len(ps) >= 2)
+    if not layers:
+        return []
+    base = res["baseline"]
+    n_items = sum(int(t.get("n_items", 0)) for t in base.get("per_task", {}).values()) or None
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 4.0), sharey=True, squeeze=False)
+    colors = {"gauss": "tab:red", "uniform": "tab:orange", "codec": "tab:blue"}
+    for ax, layer in zip(axes[0], layers, strict=True):
+        for mode in sorted({c["mode"] for c in runs if c["layer"] == layer}):
+            pts = [(c["p"], c["acc_format"]) for c in runs if c["layer"] == layer and c["mode"] == mode]
+            color = colors.get(mode)
+            ax.scatter([p for p, _ in pts], [v for _, v in pts], color=color, alpha=0.5, s=18)
+            ps = sorted({p for p, _ in pts})
+            means = [sum(v for q, v in pts if q == p) / sum(1 for q, _ in pts if q == p) for p in ps]
+            ax.plot(ps, means, "-", color=color, label=f"{mode} (mean of draws)")
+        b = base["acc_format"]
+        ax.axhline(b, color="k", lw=0.8, label="baseline")
+        if n_items:
+            se = (b * (1 - b) / n_items) ** 0.5
+            ax.axhspan(b - 2 * se, b + 2 * se, color="k", alpha=0.07, label="baseline +- 2 SE")
+        group = res.get("groups", {}).get(str(layer), "")
+        ax.set_title(f"all experts of layer {layer} {f'({group})' if group else ''}")
+        ax.set_xlabel("p (bound or noise std = p * mean|theta|)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("right answer in the required format")
+    axes[0][0].legend(fontsize=7)
+    path = out / "study_p_sweep.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
