@@ -36,7 +36,57 @@ CHUNK = 4096
 
 
 @functools.cache
-def kernel(kl: int, kh: int) -> Callable[..., None]:
+def _plane_pass(k: int, shift: int) -> Callable[..., None]:
+    """One unpacking pass over a plane of ``k``-bit codes (0..8), for the codes ``c0`` to
+    ``c0 + m8``, into the int32 scratch: shifted left by ``shift``, assigned when ``shift`` is 0
+    (the low bits), OR-ed in otherwise (the high bits). ``k`` and ``shift`` are closure
+    constants, so numba folds every branch and LLVM inlines the pass into the kernel."""
+    mask = (1 << k) - 1
+    per = 8 // k if k and 8 % k == 0 else 0  # codes per byte when the width divides 8
+    first = shift == 0
+
+    @njit(**_NJ)
+    def run(plane, c0, m8, tmp):
+        if k == 0:
+            if first:
+                for i in range(m8):
+                    tmp[i] = 0
+        elif k == 8:
+            src = plane[c0:c0 + m8]
+            for i in range(m8):
+                v = np.int32(src[i]) << shift
+                if first:
+                    tmp[i] = v
+                else:
+                    tmp[i] |= v
+        elif per:
+            src = plane[c0 // per:(c0 + m8) // per]
+            for i in range(src.size):
+                b = np.int32(src[i])
+                for j in range(per):
+                    v = ((b >> (j * k)) & mask) << shift
+                    if first:
+                        tmp[i * per + j] = v
+                    else:
+                        tmp[i * per + j] |= v
+        else:
+            src = plane[c0 // 8 * k:(c0 + m8) // 8 * k]
+            for g in range(m8 // 8):
+                w = np.int64(0)
+                for j in range(k):
+                    w |= np.int64(src[g * k + j]) << (8 * j)
+                for j in range(8):
+                    v = np.int32((w >> (j * k)) & mask) << shift
+                    if first:
+                        tmp[g * 8 + j] = v
+                    else:
+                        tmp[g * 8 + j] |= v
+
+    return run
+
+
+@functools.cache
+def kernel(kl: int, kh: int) -> Callable[..., bool]:
     """The decoder for codes of ``kl`` low bits (0..8) and ``kh`` high bits (0, or 1..8 when
     ``kl`` is 8), called as ``kernel(kl, kh)(low, high, block, lo, step, out)``.
 
@@ -48,16 +98,15 @@ def kernel(kl: int, kh: int) -> Callable[..., None]:
     Why it is fast: it works in chunks of ``CHUNK`` codes, and each chunk takes three simple
     loops over contiguous slices that LLVM turns into SIMD code: unpack the low bits into an
     int32 scratch (one byte per code at 8 bits, a byte split into 8/k codes at 1/2/4 bits, an
-    int64 word per 8 codes otherwise), OR in the high bits the same way, then
+    int64 word per 8 codes otherwise), OR in the high bits the same way (``_plane_pass``), then
     ``float32(q) * step + lo`` block by block (int32 -> float32 vectorises on AVX2, int64 does
-    not). Returns False as soon as a block's ``lo`` or ``step`` is not finite. Only ``kl`` and ``kh`` are closure variables (plain ints, so numba folds every branch
-    on them and the on-disk cache stays usable).
+    not). Returns False as soon as a block's ``lo`` or ``step`` is not finite. Only ``kl`` and
+    ``kh`` are closure variables (plain ints, so numba folds every branch on them and the
+    on-disk cache stays usable).
     """
     if not (0 <= kl <= 8 and 0 <= kh <= 8 and (kh == 0 or kl == 8)):
         raise ValueError(f"no fixedrate kernel for {kl} low and {kh} high bits")
-    ml, mh = (1 << kl) - 1, (1 << kh) - 1
-    pl = 8 // kl if kl and 8 % kl == 0 else 0  # codes per byte when the width divides 8
-    ph = 8 // kh if kh and 8 % kh == 0 else 0
+    low_pass, high_pass = _plane_pass(kl, 0), _plane_pass(kh, 8)
     ch = CHUNK
 
     @njit(**_NJ)
@@ -70,45 +119,8 @@ def kernel(kl: int, kh: int) -> Callable[..., None]:
         for c0 in range(0, n, ch):
             m = min(ch, n - c0)
             m8 = (m + 7) // 8 * 8
-            if kl == 0:
-                for i in range(m8):
-                    tmp[i] = 0
-            elif kl == 8:
-                src = low[c0:c0 + m8]
-                for i in range(m8):
-                    tmp[i] = np.int32(src[i])
-            elif pl:
-                src = low[c0 // pl:(c0 + m8) // pl]
-                for i in range(src.size):
-                    v = np.int32(src[i])
-                    for j in range(pl):
-                        tmp[i * pl + j] = (v >> (j * kl)) & ml
-            else:
-                src = low[c0 // 8 * kl:(c0 + m8) // 8 * kl]
-                for g in range(m8 // 8):
-                    w = np.int64(0)
-                    for j in range(kl):
-                        w |= np.int64(src[g * kl + j]) << (8 * j)
-                    for j in range(8):
-                        tmp[g * 8 + j] = np.int32((w >> (j * kl)) & ml)
-            if kh == 8:
-                src = high[c0:c0 + m8]
-                for i in range(m8):
-                    tmp[i] |= np.int32(src[i]) << 8
-            elif ph:
-                src = high[c0 // ph:(c0 + m8) // ph]
-                for i in range(src.size):
-                    v = np.int32(src[i])
-                    for j in range(ph):
-                        tmp[i * ph + j] |= ((v >> (j * kh)) & mh) << 8
-            elif kh:
-                src = high[c0 // 8 * kh:(c0 + m8) // 8 * kh]
-                for g in range(m8 // 8):
-                    w = np.int64(0)
-                    for j in range(kh):
-                        w |= np.int64(src[g * kh + j]) << (8 * j)
-                    for j in range(8):
-                        tmp[g * 8 + j] |= np.int32((w >> (j * kh)) & mh) << 8
+            low_pass(low, c0, m8, tmp)
+            high_pass(high, c0, m8, tmp)
             i = 0
             while i < m:  # scale block by block; a block may straddle two chunks
                 e = c0 + i
