@@ -244,3 +244,14 @@ def test_fixedrate_fit_finds_a_per_block_grid_and_holds_the_bound() -> None:
     with pytest.raises(CodecError):
         FixedRateCodec("rel", 1e-3, bits=4, fit=1)
     assert CodecSpec.parse("fixedrate:eb=0.001,fit=1").codec().fit == 1
+
+
+def test_fused_kernels_close_over_plain_ints_only() -> None:
+    """numba keys its disk cache on a closure's values: a kernel that closes over anything but
+    plain ints (another jitted function, an array) misses the cache in every new process and
+    recompiles for seconds on the first expert load."""
+    from fedpress.moe.fixedrate_cpu import kernel
+
+    for kl, kh in [(0, 0), (3, 0), (4, 0), (8, 0), (8, 1), (8, 5), (8, 8)]:
+        cells = kernel(kl, kh).py_func.__closure__ or ()
+        assert all(type(c.cell_contents) is int for c in cells), (kl, kh)

@@ -35,54 +35,50 @@ _NJ = dict(cache=True, nogil=True, boundscheck=False)  # never fastmath: results
 CHUNK = 4096
 
 
-@functools.cache
-def _plane_pass(k: int, shift: int) -> Callable[..., None]:
+@njit(inline="always", **_NJ)
+def _plane_pass(plane, c0, m8, tmp, k, shift):
     """One unpacking pass over a plane of ``k``-bit codes (0..8), for the codes ``c0`` to
     ``c0 + m8``, into the int32 scratch: shifted left by ``shift``, assigned when ``shift`` is 0
-    (the low bits), OR-ed in otherwise (the high bits). ``k`` and ``shift`` are closure
-    constants, so numba folds every branch and LLVM inlines the pass into the kernel."""
+    (the low bits), OR-ed in otherwise (the high bits). Inlined into each kernel, where ``k``
+    and ``shift`` are constants, so LLVM folds the branches (a module-level function, not a
+    closure: a kernel that closed over another jitted function would miss numba's disk cache)."""
     mask = (1 << k) - 1
-    per = 8 // k if k and 8 % k == 0 else 0  # codes per byte when the width divides 8
+    per = 8 // k if k > 0 and 8 % k == 0 else 0  # codes per byte when the width divides 8
     first = shift == 0
-
-    @njit(**_NJ)
-    def run(plane, c0, m8, tmp):
-        if k == 0:
-            if first:
-                for i in range(m8):
-                    tmp[i] = 0
-        elif k == 8:
-            src = plane[c0:c0 + m8]
+    if k == 0:
+        if first:
             for i in range(m8):
-                v = np.int32(src[i]) << shift
+                tmp[i] = 0
+    elif k == 8:
+        src = plane[c0:c0 + m8]
+        for i in range(m8):
+            v = np.int32(src[i]) << shift
+            if first:
+                tmp[i] = v
+            else:
+                tmp[i] |= v
+    elif per:
+        src = plane[c0 // per:(c0 + m8) // per]
+        for i in range(src.size):
+            b = np.int32(src[i])
+            for j in range(per):
+                v = ((b >> (j * k)) & mask) << shift
                 if first:
-                    tmp[i] = v
+                    tmp[i * per + j] = v
                 else:
-                    tmp[i] |= v
-        elif per:
-            src = plane[c0 // per:(c0 + m8) // per]
-            for i in range(src.size):
-                b = np.int32(src[i])
-                for j in range(per):
-                    v = ((b >> (j * k)) & mask) << shift
-                    if first:
-                        tmp[i * per + j] = v
-                    else:
-                        tmp[i * per + j] |= v
-        else:
-            src = plane[c0 // 8 * k:(c0 + m8) // 8 * k]
-            for g in range(m8 // 8):
-                w = np.int64(0)
-                for j in range(k):
-                    w |= np.int64(src[g * k + j]) << (8 * j)
-                for j in range(8):
-                    v = np.int32((w >> (j * k)) & mask) << shift
-                    if first:
-                        tmp[g * 8 + j] = v
-                    else:
-                        tmp[g * 8 + j] |= v
-
-    return run
+                    tmp[i * per + j] |= v
+    else:
+        src = plane[c0 // 8 * k:(c0 + m8) // 8 * k]
+        for g in range(m8 // 8):
+            w = np.int64(0)
+            for j in range(k):
+                w |= np.int64(src[g * k + j]) << (8 * j)
+            for j in range(8):
+                v = np.int32((w >> (j * k)) & mask) << shift
+                if first:
+                    tmp[g * 8 + j] = v
+                else:
+                    tmp[g * 8 + j] |= v
 
 
 @functools.cache
@@ -106,7 +102,6 @@ def kernel(kl: int, kh: int) -> Callable[..., bool]:
     """
     if not (0 <= kl <= 8 and 0 <= kh <= 8 and (kh == 0 or kl == 8)):
         raise ValueError(f"no fixedrate kernel for {kl} low and {kh} high bits")
-    low_pass, high_pass = _plane_pass(kl, 0), _plane_pass(kh, 8)
     ch = CHUNK
 
     @njit(**_NJ)
@@ -119,8 +114,9 @@ def kernel(kl: int, kh: int) -> Callable[..., bool]:
         for c0 in range(0, n, ch):
             m = min(ch, n - c0)
             m8 = (m + 7) // 8 * 8
-            low_pass(low, c0, m8, tmp)
-            high_pass(high, c0, m8, tmp)
+            _plane_pass(low, c0, m8, tmp, kl, 0)
+            if kh:
+                _plane_pass(high, c0, m8, tmp, kh, 8)
             i = 0
             while i < m:  # scale block by block; a block may straddle two chunks
                 e = c0 + i
