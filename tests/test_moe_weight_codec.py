@@ -110,6 +110,15 @@ def float32_twin(frame: bytes, n: int, block: int) -> bytes:
     return bytes([7]) + frame[1:14] + scales.tobytes() + frame[14 + 4 * nb:]
 
 
+def test_scales_beyond_float16_range_fall_back_to_float32() -> None:
+    """A block of two values 1e6 apart on a 1-bit grid needs a step of 1e6: float16 makes it inf, and inf * 0
+    is NaN, which a "> bound" test would let through. The frame must use float32 scales."""
+    x = np.array([0.0, 1e6] * 16, dtype=np.float32)
+    frame = FixedRateCodec("abs", 1.0, block=32, fit=1).encode(x)  # the grid: 1 bit
+    assert frame[0] == 7
+    assert np.array_equal(decode_cpu(frame, x.shape).numpy(), x)
+
+
 def test_non_finite_scales_are_refused() -> None:
     x = np.linspace(-1, 1, 64, dtype=np.float32)
     frame = bytearray(float32_twin(FixedRateCodec("rel", 0.01, block=32).encode(x), 64, 32))

@@ -190,7 +190,8 @@ class FixedRateCodec(BoundedCodec):
         scales if that does, else None. The bound is checked on the actual reconstruction."""
         for half in (True, False):
             frame, recon = self._quantise(blocks, lo, rng, bits, n, block, half)
-            if not (np.abs(recon - flat) > abs_eb).any():
+            # "<= all" and not "> any": a NaN in the reconstruction must fail the check
+            if frame is not None and (np.abs(recon - flat) <= abs_eb).all():
                 return frame
         return None
 
@@ -198,8 +199,11 @@ class FixedRateCodec(BoundedCodec):
         levels = (1 << bits) - 1 if bits else 1
         step = (rng / levels).astype(np.float32) if bits else np.zeros_like(lo)
         if half:  # nearest float16 scales; codes are clipped, so the bound check decides
-            lo = lo.astype(np.float16).astype(np.float32)
-            step = step.astype(np.float16).astype(np.float32)
+            with np.errstate(over="ignore"):
+                lo = lo.astype(np.float16).astype(np.float32)
+                step = step.astype(np.float16).astype(np.float32)
+            if not (np.isfinite(lo).all() and np.isfinite(step).all()):
+                return None, None  # beyond float16's range: float32 scales only
         safe = np.where(step > 0, step, 1).astype(np.float32)
         q = np.rint((blocks - lo[:, None]) / safe[:, None])
         q = np.clip(q, 0, levels).astype(np.int64)
