@@ -258,7 +258,11 @@ class GrpcClient:
                 self._upload(header.task_id, result)
         finally:
             self._stop.set()
-            self.channel.close()
+            self.channel.close()  # cancels a heartbeat in flight ...
+            # ... so the thread ends now. Left running, a daemon thread inside gRPC's C core when
+            # the interpreter exits can abort the process ("terminate called without an active
+            # exception", seen once in CI after a client had finished its work).
+            hb.join(timeout=max(5.0, 3 * self.heartbeat_s))
         return self.stats
 
     def _desync(self, header: pb.TaskHeader, size: int, exc: CodecError) -> ClientResult:
