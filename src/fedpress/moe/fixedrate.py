@@ -239,11 +239,10 @@ def parse_frame(frame: bytes, shape: tuple[int, ...]):
     ``bits, block, n, lo, step, planes`` with float32 ``lo``/``step`` and non-finite scales
     refused."""
     bits, block, n, scales, planes = _parse(frame, shape)
-    nb = scales.size // 2
-    lo, step = scales[:nb], scales[nb:]
-    if not (np.isfinite(lo).all() and np.isfinite(step).all()):
+    if not np.isfinite(scales).all():
         raise PayloadError("fixedrate frame has non-finite scales")
-    return bits, block, n, lo, step, planes
+    nb = scales.size // 2
+    return bits, block, n, scales[:nb], scales[nb:], planes
 
 
 def _parse(frame: bytes | memoryview, shape: tuple[int, ...]):
